@@ -1,0 +1,111 @@
+"""MPII-style single-person JSON (the layout MMPose and HRNet use): one record per person.
+
+A record is ``{"id", "image", "center": [x, y], "scale": s, "joints": [[x, y] × 16],
+"joints_vis": [0/1 × 16], "headbox": [x1, y1, x2, y2]}`` with 0-based pixel coordinates;
+``scale`` is the person height / 200. ``joints_vis`` is MPII's "labelled" flag (occluded
+joints are labelled). We add an optional ``joints_occluded`` (0/1) so that our synthetic
+data keeps its honest occlusion labels; readers that do not know it ignore it.
+Records of the same ``image`` become one :class:`ImageRecord` with several people.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from posenas.data.fields import (
+    Where,
+    as_int,
+    as_list,
+    as_number,
+    as_numbers,
+    as_str,
+    check_unique,
+    require,
+)
+from posenas.data.records import ImageRecord, Person, PoseDataset
+from posenas.errors import PosenasError
+from posenas.keypoints import MPII16
+
+
+def _flags(rec: dict, field: str, where: Where, k: int) -> np.ndarray:
+    values = as_numbers(rec[field], field, where, k, f"{k} flags")
+    if not np.isin(values, (0, 1)).all():
+        raise where.error(field, f"flags must be 0 or 1, got {sorted(set(values.tolist()))}")
+    return values
+
+
+def parse_record(rec: Any, where: Where, k: int) -> tuple[str, Person]:
+    if not isinstance(rec, dict):
+        raise PosenasError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+    record_id = as_int(rec.get("id", where.index), "id", where)
+    where = where.with_id(record_id)
+    image = as_str(require(rec, "image", where), "image", where)
+    joints = require(rec, "joints", where)
+    if not isinstance(joints, list) or len(joints) != k or any(not isinstance(j, list) or len(j) != 2 for j in joints):
+        n = len(joints) if isinstance(joints, list) else type(joints).__name__
+        raise where.error("joints", f"expected {k} [x, y] pairs, got {n}")
+    xy = as_numbers([c for j in joints for c in j], "joints", where, 2 * k).reshape(k, 2)
+    require(rec, "joints_vis", where)
+    labelled = _flags(rec, "joints_vis", where, k)
+    vis = np.where(labelled > 0, 2.0, 0.0).astype(np.float32)
+    if rec.get("joints_occluded") is not None:
+        occluded = _flags(rec, "joints_occluded", where, k)
+        vis[(labelled > 0) & (occluded > 0)] = 1.0
+    kp = np.concatenate([xy, vis[:, None]], axis=1).astype(np.float32)
+    kp[vis == 0, :2] = 0.0
+    person = Person(id=record_id, keypoints=kp)
+    person.center = as_numbers(require(rec, "center", where), "center", where, 2)
+    person.scale = as_number(require(rec, "scale", where), "scale", where)
+    if person.scale <= 0:
+        raise where.error("scale", f"must be > 0, got {person.scale:g}")
+    if rec.get("headbox") is not None:
+        box = as_numbers(rec["headbox"], "headbox", where, 4)
+        if box[2] <= box[0] or box[3] <= box[1]:
+            raise where.error("headbox", f"negative or zero-size box {rec['headbox']} (need x2 > x1, y2 > y1)")
+        person.head_box = box
+    return image, person
+
+
+def read_mpii(path: Path, data: Any, image_root: Path) -> PoseDataset:
+    schema = MPII16
+    records = as_list(data, "records", Where(path, "top level"))
+    images: dict[str, ImageRecord] = {}
+    ids = []
+    for i, rec in enumerate(records):
+        name, person = parse_record(rec, Where(path, "records", i), schema.num_joints)
+        ids.append(person.id)
+        if name not in images:
+            images[name] = ImageRecord(id=len(images), file_name=name)
+        images[name].people.append(person)
+    check_unique(ids, path, "records")
+    return PoseDataset("mpii", schema, image_root, list(images.values()), path)
+
+
+def to_mpii_records(dataset: PoseDataset) -> list[dict]:
+    """One MPII record per person; needs head boxes and centre/scale (or a bbox to derive them)."""
+    out = []
+    for img in dataset.images:
+        for p in img.people:
+            kp = p.keypoints
+            labelled = kp[:, 2] > 0
+            if p.center is not None and p.scale is not None:
+                center, scale = p.center, p.scale
+            else:
+                x, y, w, h = p.box()
+                center, scale = np.array([x + w / 2, y + h / 2]), max(float(h), 1e-3) / 200.0
+            rec = {
+                "id": p.id,
+                "image": img.file_name,
+                "center": [round(float(c), 2) for c in center],
+                "scale": round(float(scale), 4),
+                "joints": [[round(float(x), 2), round(float(y), 2)] if ok else [-1.0, -1.0] for (x, y), ok in zip(kp[:, :2], labelled)],
+                "joints_vis": labelled.astype(int).tolist(),
+                "joints_occluded": (kp[:, 2] == 1).astype(int).tolist(),
+            }
+            if p.head_box is not None:
+                rec["headbox"] = [round(float(c), 2) for c in p.head_box]
+            out.append(rec)
+    return out

@@ -1,0 +1,77 @@
+"""PoseTrack18-style video annotations: one COCO-structured JSON per video.
+
+Images carry ``vid_id`` (string), ``frame_id``, ``nframes`` and ``is_labeled``;
+annotations carry ``track_id`` and ``bbox_head`` (x, y, w, h). ``file_name`` is relative
+to the dataset root (``images/<split>/<video>/<frame>.jpg``), as in the real release.
+Image ids follow PoseTrack18's scheme, ``1 VVVVVV FFFF`` (video number, frame index),
+so that they are unique across the videos of a split.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from posenas.data.coco import annotation_dict, category, image_dict, parse_coco_like
+from posenas.data.fields import Where, as_int, as_str, check_unique
+from posenas.data.records import PoseDataset
+from posenas.errors import PosenasError
+from posenas.jsonio import read_json
+from posenas.keypoints import POSETRACK18
+
+
+def is_posetrack(data: Any) -> bool:
+    """A COCO-structured dict whose images name their video."""
+    images = data.get("images") if isinstance(data, dict) else None
+    return bool(images) and isinstance(images[0], dict) and "vid_id" in images[0]
+
+
+def video_files(path: Path) -> list[Path]:
+    """The per-video JSON files of a PoseTrack split folder (or the one file given)."""
+    if path.is_file():
+        return [path]
+    files = sorted(p for p in path.glob("*.json") if not p.name.startswith("."))
+    if not files:
+        raise PosenasError(f"{path}: no PoseTrack video JSON files in this folder")
+    return files
+
+
+def read_posetrack(path: Path, image_root: Path, first: Any = None) -> PoseDataset:
+    """Read one video file or a folder of them into one dataset (``first``: already-parsed data of ``path``)."""
+    images = []
+    for file in video_files(path):
+        data = first if (first is not None and file == path) else read_json(file)
+        schema, vid_images, raw = parse_coco_like(data, file, POSETRACK18)
+        for i, (img, rec) in enumerate(zip(vid_images, raw)):
+            where = Where(file, "images", i, img.id)
+            vid = rec.get("vid_id")
+            if vid is None or isinstance(vid, (bool, dict, list)):
+                raise where.error("vid_id", f"expected a video id string, got {vid!r}")
+            img.video_id = as_str(str(vid), "vid_id", where)
+            img.frame_id = as_int(rec.get("frame_id", i), "frame_id", where)
+            img.is_labeled = bool(rec.get("is_labeled", True))
+        images += vid_images
+    check_unique([img.id for img in images], path, "images (all videos)")
+    check_unique([p.id for img in images for p in img.people], path, "annotations (all videos)")
+    return PoseDataset("posetrack", POSETRACK18, image_root, images, path)
+
+
+def frame_image_id(video_number: int, frame_index: int) -> int:
+    return 10_000_000_000 + video_number * 10_000 + frame_index
+
+
+def to_posetrack_videos(dataset: PoseDataset) -> dict[str, dict]:
+    """One PoseTrack18 dict per video id."""
+    out = {}
+    for vid, frames in dataset.videos().items():
+        images = []
+        for img in frames:
+            rec = image_dict(img)
+            rec.update(vid_id=vid, frame_id=img.frame_id, nframes=len(frames), is_labeled=img.is_labeled)
+            images.append(rec)
+        out[vid] = {
+            "images": images,
+            "annotations": [annotation_dict(p, img.id) for img in frames for p in img.people],
+            "categories": [category(dataset.schema)],
+        }
+    return out

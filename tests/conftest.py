@@ -1,0 +1,56 @@
+"""Shared fixtures: small datasets written to tmp_path in each format, with real images."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from posenas.data.images import encode_jpeg
+from posenas.data.layout import write_annotations
+from posenas.data.posetrack import frame_image_id
+from posenas.data.records import ImageRecord, Person, PoseDataset
+from posenas.keypoints import COCO17, MPII16, POSETRACK18
+
+SCHEMAS = {"coco": COCO17, "mpii": MPII16, "posetrack": POSETRACK18}
+
+
+def make_dataset(fmt: str, root, images: int = 3, people: int = 2, seed: int = 0) -> PoseDataset:
+    """A random but valid dataset of ``fmt`` written under ``root`` (annotations + images)."""
+    rng = np.random.default_rng(seed)
+    schema = SCHEMAS[fmt]
+    records = []
+    for i in range(images):
+        w, h = 64, 48
+        if fmt == "posetrack":
+            image_id, file_name = frame_image_id(1, i), f"images/val/000001/{i:06d}.jpg"
+            image_dir = root
+        elif fmt == "mpii":
+            image_id, file_name, image_dir = i, f"val/{i:06d}.jpg", root / "images"
+        else:
+            image_id, file_name, image_dir = i + 1, f"{i + 1:06d}.jpg", root / "images" / "val"
+        img = ImageRecord(id=image_id, file_name=file_name, width=w, height=h,
+                          video_id="000001" if fmt == "posetrack" else None, frame_id=i if fmt == "posetrack" else None)
+        for k in range(people):
+            kp = np.zeros((schema.num_joints, 3), np.float32)
+            kp[:, 0] = rng.uniform(0, w - 1, schema.num_joints).round(2)
+            kp[:, 1] = rng.uniform(0, h - 1, schema.num_joints).round(2)
+            kp[:, 2] = rng.integers(0, 3, schema.num_joints)
+            kp[kp[:, 2] == 0, :2] = 0
+            p = Person(id=image_id * 100 + k + 1, keypoints=kp, bbox=np.array([2, 3, 40, 30], np.float32),
+                       area=900.0, head_box=np.array([5, 5, 15, 17], np.float32),
+                       track_id=k if fmt == "posetrack" else None)
+            if fmt == "mpii":
+                p.center, p.scale = np.array([22.0, 18.0], np.float32), 0.2
+            img.people.append(p)
+        path = image_dir / file_name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(encode_jpeg(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)))
+        records.append(img)
+    ds = PoseDataset(fmt, schema, root, records, root)
+    write_annotations(ds, root, "val")
+    return ds
+
+
+@pytest.fixture(params=["coco", "mpii", "posetrack"])
+def written_dataset(request, tmp_path):
+    return make_dataset(request.param, tmp_path)
