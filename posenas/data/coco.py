@@ -146,13 +146,16 @@ def category(schema: KeypointSchema) -> dict:
     }
 
 
-def _round(values: np.ndarray) -> list[float]:
-    """Two decimals are sub-pixel enough and keep files small and byte-stable."""
-    return [round(float(v), 2) for v in values]
+def _floats(values: np.ndarray, decimals: int | None) -> list[float]:
+    """Plain floats; files round to ``decimals`` (sub-pixel enough, small, byte-stable)."""
+    return [float(v) if decimals is None else round(float(v), decimals) for v in np.asarray(values).reshape(-1)]
 
 
-def annotation_dict(person: Person, image_id: int) -> dict:
-    """One person as a COCO annotation (bbox required; area defaults to bbox w×h)."""
+def annotation_dict(person: Person, image_id: int, decimals: int | None = 2) -> dict:
+    """One person as a COCO annotation (bbox required; area defaults to bbox w×h).
+
+    ``decimals=None`` keeps the exact values (for pycocotools); files use 2 decimals.
+    """
     if person.bbox is None:
         raise PosenasError(f"person {person.id} in image {image_id} has no bbox; COCO annotations need one")
     kp = person.keypoints.copy()
@@ -162,17 +165,17 @@ def annotation_dict(person: Person, image_id: int) -> dict:
         "id": person.id,
         "image_id": image_id,
         "category_id": PERSON_CATEGORY_ID,
-        "keypoints": [v if i % 3 != 2 else int(v) for i, v in enumerate(_round(kp.reshape(-1)))],
+        "keypoints": [v if i % 3 != 2 else int(v) for i, v in enumerate(_floats(kp, decimals))],
         "num_keypoints": person.num_labelled,
-        "bbox": _round(person.bbox),
-        "area": round(float(area), 2),
+        "bbox": _floats(person.bbox, decimals),
+        "area": _floats([area], decimals)[0],
         "iscrowd": int(person.iscrowd),
     }
     if person.track_id is not None:
         ann["track_id"] = person.track_id
     if person.head_box is not None:
         x1, y1, x2, y2 = person.head_box
-        ann["bbox_head"] = _round(np.array([x1, y1, x2 - x1, y2 - y1]))
+        ann["bbox_head"] = _floats(np.array([x1, y1, x2 - x1, y2 - y1]), decimals)
     return ann
 
 

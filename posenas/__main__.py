@@ -1,0 +1,5 @@
+import sys
+
+from posenas.cli import main
+
+sys.exit(main())
