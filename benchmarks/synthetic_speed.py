@@ -1,4 +1,4 @@
-"""Synthetic-people generation speed: render only, and the full `data synth` per format.
+"""Synthetic-people generation speed (render only, and the full `data synth` per format) and label statistics.
 
 Run: .venv/bin/python benchmarks/synthetic_speed.py [--images N]
 Prints a Markdown table for docs/benchmarks.md. Everything is measured in one run so the
@@ -14,6 +14,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
+from posenas.data.layout import load_dataset
 from posenas.synthetic.generate import default_spec, synthesize
 from posenas.synthetic.scene import SceneConfig, render_image
 
@@ -23,6 +26,33 @@ def render_rate(n: int, config: SceneConfig) -> float:
     for i in range(n):
         render_image(i, config)
     return n / (time.perf_counter() - start)
+
+
+def _overlap(a: np.ndarray, b: np.ndarray) -> bool:
+    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
+
+
+def label_statistics(root: Path) -> None:
+    """Shares of people per image, visibility kinds, overlapping boxes, people cut by the frame."""
+    ds = load_dataset(root, "val")
+    n = len(ds.images)
+    people = np.array([len(img.people) for img in ds.images])
+    v = np.concatenate([p.keypoints[:, 2] for img in ds.images for p in img.people])
+    overlapping = sum(
+        any(_overlap(a.bbox, b.bbox) for i, a in enumerate(img.people) for b in img.people[i + 1 :]) for img in ds.images
+    )
+    cut = np.mean([(p.keypoints[:, 2] == 0).any() for img in ds.images for p in img.people])
+    counts = " / ".join(f"{100 * np.mean(people == k):.1f} %" for k in range(people.max() + 1))
+    print()
+    print(f"label statistics over {n} val images of the default coco dataset:")
+    print()
+    print("| measure | value |")
+    print("|---|---|")
+    print(f"| images with {' / '.join(str(k) for k in range(people.max() + 1))} annotated people | {counts} |")
+    print(f"| joints visible / occluded / outside the image | {100 * np.mean(v == 2):.1f} % / "
+          f"{100 * np.mean(v == 1):.1f} % / {100 * np.mean(v == 0):.1f} % |")
+    print(f"| images where person boxes overlap | {100 * overlapping / n:.1f} % |")
+    print(f"| people with at least one joint outside the image | {100 * cut:.1f} % |")
 
 
 def main() -> None:
@@ -46,9 +76,10 @@ def main() -> None:
                   f"{report['seconds']:.2f} | {report['images_per_second']:.0f} |")
     with tempfile.TemporaryDirectory() as tmp:
         report = synthesize(Path(tmp) / "ds", default_spec("coco"), progress=False)
-    n = sum(c["images"] for c in report["counts"].values())
-    print(f"| default demo dataset (`data synth --format coco`, train+val) | {n} | {report['workers']} | "
-          f"{report['seconds']:.2f} | {report['images_per_second']:.0f} |")
+        n = sum(c["images"] for c in report["counts"].values())
+        print(f"| default demo dataset (`data synth --format coco`, train+val) | {n} | {report['workers']} | "
+              f"{report['seconds']:.2f} | {report['images_per_second']:.0f} |")
+        label_statistics(Path(tmp) / "ds")
 
 
 if __name__ == "__main__":
