@@ -78,12 +78,68 @@ def cmd_data_show(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- eval
 def cmd_eval(args: argparse.Namespace) -> int:
+    if args.checkpoint:
+        from posenas.engine.evaluate import evaluate_checkpoint
+
+        if args.pred or args.gt:
+            raise PosenasError("eval: give either --checkpoint with --data, or --gt with --pred")
+        if not args.data:
+            raise PosenasError("eval --checkpoint: --data DIR is required")
+        out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent / f"eval-{args.split or 'val'}"
+        metric, result, table = evaluate_checkpoint(
+            args.checkpoint, args.data, out, split=args.split, flip_test=args.flip_test, boxes=args.boxes,
+            metric=args.metric, device=args.device, progress=not args.json,
+        )
+        print(json.dumps(result) if args.json else f"{table}\nwritten to {out}")
+        return 0
     from posenas.data.layout import load_dataset
     from posenas.evaluation import evaluate_file
 
+    if not (args.gt and args.pred):
+        raise PosenasError("eval: give --gt GT --pred PRED (or --checkpoint CKPT --data DIR)")
     dataset = load_dataset(args.gt, args.split, None)
     metric, result, table = evaluate_file(dataset, Path(args.pred), args.metric)
     print(json.dumps(result) if args.json else table)
+    return 0
+
+
+# ---------------------------------------------------------------- train / infer
+def cmd_train(args: argparse.Namespace) -> int:
+    from posenas.config import load_config
+    from posenas.engine.config import ExperimentConfig
+    from posenas.engine.train import Interrupted, train
+
+    if args.resume:
+        if not args.out:
+            raise PosenasError("train --resume: --out RUN (the run directory to continue) is required")
+        if args.overrides:
+            raise PosenasError("train --resume: overrides are not allowed; the run continues with its saved config")
+        cfg = load_config(ExperimentConfig, Path(args.out) / "config.yaml")
+    else:
+        if not args.config:
+            raise PosenasError("train: --config CFG.yaml is required (or --resume --out RUN)")
+        cfg = load_config(ExperimentConfig, args.config, args.overrides)
+    if args.device:
+        from dataclasses import replace
+
+        cfg = replace(cfg, train=replace(cfg.train, device=args.device))
+    out = args.out or f"runs/{Path(args.config).stem}"
+    try:
+        result = train(cfg, out, resume=args.resume, progress=not args.quiet)
+    except Interrupted as e:
+        print(f"posenas: {e}", file=sys.stderr)
+        return 130
+    if result:
+        print(f"results in {out}: " + ", ".join(f"{k} {v}" for k, v in result.items() if not isinstance(v, dict)))
+    return 0
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    from posenas.infer import run_inference
+
+    results = run_inference(args.checkpoint, args.inputs, args.out, boxes=args.boxes, flip_test=not args.no_flip,
+                            min_score=args.min_score, device=args.device)
+    print(f"{len(results)} person(s) in {len(set(r['image'] for r in results))} image(s); drawings and predictions.json in {args.out}")
     return 0
 
 
@@ -96,7 +152,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="posenas", description=__doc__.splitlines()[0])
+    import posenas
+
+    p = argparse.ArgumentParser(prog="posenas", description=posenas.__doc__.strip())
     p.add_argument("--version", action="version", version=f"posenas {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -134,13 +192,38 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--limit", type=int, default=20, help="draw the first N images (0: all; default 20)")
     w.set_defaults(func=cmd_data_show)
 
-    e = sub.add_parser("eval", help="evaluate predictions against ground truth (COCO OKS AP or PCKh)")
-    e.add_argument("--gt", required=True, help="ground truth: dataset root or annotation file")
-    e.add_argument("--pred", required=True, help="predictions JSON (COCO results, or PCKh records)")
+    t = sub.add_parser("train", help="train a model (top-down, heatmaps) from a YAML config")
+    t.add_argument("--config", help="experiment YAML (see configs/)")
+    t.add_argument("--out", help="run directory (default runs/<config name>)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    t.add_argument("--device", help="auto (default: CUDA when present), cpu, cuda, cuda:N")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides such as optim.lr=0.002")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate predictions (--gt/--pred) or a checkpoint (--checkpoint/--data)")
+    e.add_argument("--gt", help="ground truth: dataset root or annotation file")
+    e.add_argument("--pred", help="predictions JSON (COCO results, or PCKh records)")
+    e.add_argument("--checkpoint", help="model checkpoint to run")
+    e.add_argument("--data", help="dataset root or annotation file to run the checkpoint on")
+    e.add_argument("--boxes", help="person detections JSON (default: ground-truth boxes)")
+    e.add_argument("--flip-test", action="store_true", help="average with the mirrored image's heatmaps")
+    e.add_argument("--out", help="where --checkpoint writes predictions and metrics (default: beside the checkpoint)")
+    e.add_argument("--device", default="auto")
     e.add_argument("--metric", choices=["coco", "pckh"], help="default: pckh for MPII data, coco otherwise")
     e.add_argument("--split", help="split of a dataset root (default val)")
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.set_defaults(func=cmd_eval)
+
+    i = sub.add_parser("infer", help="run a checkpoint on images or folders of frames")
+    i.add_argument("--checkpoint", required=True)
+    i.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders of frames")
+    i.add_argument("--boxes", help="detections JSON ({image or image_id, bbox, score}); default: whole image")
+    i.add_argument("--out", required=True, help="folder for drawings and predictions.json")
+    i.add_argument("--no-flip", action="store_true", help="skip the flip test")
+    i.add_argument("--min-score", type=float, default=0.2, help="joints below this score are not drawn")
+    i.add_argument("--device", default="auto")
+    i.set_defaults(func=cmd_infer)
 
     d = sub.add_parser("demo", help="the end-to-end demo on the built-in synthetic data")
     d.add_argument("--out", default="runs/demo", help="run folder")

@@ -1,0 +1,173 @@
+"""Typed configuration trees: dataclasses in code, YAML on disk.
+
+:func:`from_dict` builds a dataclass tree from plain data and rejects unknown keys and
+values of the wrong type with a message naming the dotted path
+(``config.optim.lr: expected a number, got 'fast'``). :func:`apply_overrides` takes
+``key.sub=value`` strings from the command line (values parsed as YAML). :func:`to_dict`
+gives back the plain form that is written, resolved, into every run directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from posenas.errors import PosenasError
+
+T = TypeVar("T")
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in get_args(tp))
+    if origin in (tuple, list):
+        return f"a list of {_type_name(get_args(tp)[0])}"
+    if tp is type(None):
+        return "null"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string", dict: "a mapping"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+def _convert(value: Any, tp: Any, path: str) -> Any:
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, path)
+            except PosenasError:
+                if len([a for a in args if a is not type(None)]) == 1:
+                    raise
+        raise PosenasError(f"{path}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value in get_args(tp):
+            return value
+        raise PosenasError(f"{path}: {value!r} not allowed; allowed: {', '.join(repr(a) for a in get_args(tp))}")
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, path)
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise PosenasError(f"{path}: expected {_type_name(tp)}, got {value!r}")
+        inner = get_args(tp)[0]
+        items = [_convert(v, inner, f"{path}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise PosenasError(f"{path}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise PosenasError(f"{path}: expected {_type_name(tp)}, got {value!r}")
+
+
+def from_dict(cls: type[T], data: Any, path: str = "config") -> T:
+    """Build dataclass ``cls`` from plain data; unknown keys and wrong types are errors."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise PosenasError(f"{path}: expected a mapping, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        raise PosenasError(f"{path}.{unknown[0]}: unknown key; allowed: {', '.join(fields)}")
+    hints = get_type_hints(cls)
+    kwargs = {name: _convert(value, hints[name], f"{path}.{name}") for name, value in data.items()}
+    try:
+        return cls(**kwargs)
+    except PosenasError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise PosenasError(f"{path}: {e}") from None
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain data (dicts, lists, scalars) of a dataclass tree, for YAML / JSON / checkpoints."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.init}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def read_yaml(path: str | Path) -> Any:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PosenasError(f"{path}: no such config file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise PosenasError(f"{path}: cannot read: {e}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise PosenasError(f"{path}: invalid YAML{where}: {getattr(e, 'problem', None) or e}") from None
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """``["optim.lr=0.01", "train.epochs=2"]`` applied to nested plain data (values parsed as YAML)."""
+    data = dict(data or {})
+    for item in overrides:
+        if "=" not in item:
+            raise PosenasError(f"override {item!r}: expected KEY=VALUE such as optim.lr=0.001")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            node[part] = dict(child) if isinstance(child, dict) else {}
+            node = node[part]
+        node[parts[-1]] = value
+    return data
+
+
+def load_config(cls: type[T], path: str | Path | None, overrides: list[str] = ()) -> T:
+    """Read a YAML config (or start from defaults), apply overrides, validate into ``cls``."""
+    data = read_yaml(path) if path is not None else {}
+    if data is not None and not isinstance(data, dict):
+        raise PosenasError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    data = apply_overrides(data or {}, list(overrides))
+    where = f"{path}: config" if path is not None else "config"
+    return from_dict(cls, data, where)
+
+
+def write_yaml(path: str | Path, data: Any) -> None:
+    from posenas.jsonio import write_bytes
+
+    write_bytes(path, yaml.safe_dump(data, sort_keys=False).encode("utf-8"))
+
+
+__all__ = ["from_dict", "to_dict", "read_yaml", "apply_overrides", "load_config", "write_yaml"]

@@ -1,0 +1,1 @@
+"""Training, prediction and evaluation loops shared by every model and search method."""

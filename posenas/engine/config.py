@@ -1,0 +1,84 @@
+"""The typed config tree of a training run (YAML on disk, see configs/)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from posenas.data.transforms import AugmentConfig
+from posenas.errors import PosenasError
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The model: ``arch`` (inline architecture JSON) or ``arch_file`` if given, else the named model."""
+
+    name: str = "simplebaseline-small"
+    arch: dict[str, Any] | None = None
+    arch_file: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.arch is not None and self.arch_file is not None:
+            raise PosenasError("config.model: give one of 'arch' and 'arch_file', not both")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    root: str = "data/synthetic/coco"
+    train_split: str = "train"
+    val_split: str = "val"
+    input_size: tuple[int, ...] = (128, 96)  # (height, width)
+    sigma: float = 2.0  # Gaussian sigma at heatmap scale
+    batch_size: int = 32  # per process
+    workers: int = 2  # DataLoader worker processes (0: load in the main process)
+    val_max_images: int | None = None  # evaluate on the first N val images (None: all)
+
+    def __post_init__(self) -> None:
+        if len(self.input_size) != 2 or any(s % 4 or s < 32 for s in self.input_size):
+            raise PosenasError(
+                f"config.data.input_size: expected [height, width], each a multiple of 4 and >= 32, got {list(self.input_size)}"
+            )
+        if self.batch_size < 1:
+            raise PosenasError(f"config.data.batch_size: must be >= 1, got {self.batch_size}")
+        if self.workers < 0:
+            raise PosenasError(f"config.data.workers: must be >= 0, got {self.workers}")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    schedule: Literal["cosine", "step"] = "cosine"
+    warmup_steps: int = 100
+    milestones: tuple[int, ...] = ()  # epochs at which the step schedule multiplies lr by gamma
+    gamma: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise PosenasError(f"config.optim.lr: must be > 0, got {self.lr}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10
+    max_steps: int | None = None  # stop after this many optimiser steps (budgeted runs, tests)
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int | None = None  # torch intra-op threads (None: torch's default)
+    val_every: int = 1  # validate every N epochs (0: only at the end)
+    flip_test: bool = True
+    log_every: int = 10  # steps between metric lines
+    checkpoint_every: int = 200  # steps between mid-epoch checkpoints (0: epoch ends only)
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise PosenasError(f"config.train.epochs: must be >= 1, got {self.epochs}")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)

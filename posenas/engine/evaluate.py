@@ -1,0 +1,55 @@
+"""`posenas eval --checkpoint`: run a checkpoint over a dataset's GT boxes or detections and score it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from posenas.checkpoint import model_from_checkpoint
+from posenas.data.boxes import load_detections
+from posenas.data.layout import load_dataset
+from posenas.data.topdown import TopDownDataset
+from posenas.engine.distributed import resolve_device
+from posenas.engine.predict import coco_results, pckh_records, predict, score_predictions
+from posenas.errors import PosenasError
+from posenas.evaluation import default_metric
+from posenas.jsonio import write_json
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    data: str | Path,
+    out: str | Path,
+    *,
+    split: str | None = None,
+    flip_test: bool = False,
+    boxes: str | Path | None = None,
+    metric: str | None = None,
+    device: str = "auto",
+    batch_size: int = 64,
+    workers: int = 0,
+    progress: bool = True,
+) -> tuple[str, dict, str]:
+    """Predict and score; writes ``predictions.json``, ``metrics.json`` and ``metrics.txt`` into ``out``."""
+    loaded = model_from_checkpoint(checkpoint)
+    dataset = load_dataset(data, split)
+    if dataset.schema != loaded.schema:
+        raise PosenasError(
+            f"{checkpoint}: the model predicts {loaded.schema.name} joints but {dataset.source} is {dataset.schema.name}"
+        )
+    metric = metric or default_metric(dataset)
+    detections = None
+    if boxes is not None:
+        if metric == "pckh":
+            raise PosenasError(f"{boxes}: PCKh scores each GT person and needs the GT boxes; drop --boxes")
+        detections = load_detections(boxes, image_ids={img.id for img in dataset.images})
+    dev = resolve_device(device)
+    model = loaded.model.to(dev)
+    inputs = TopDownDataset(dataset, loaded.codec, augment=None, boxes=detections)
+    preds = predict(model, inputs, loaded.codec, dataset.schema.flip_index, dev, flip_test=flip_test,
+                    batch_size=batch_size, workers=workers, progress=progress)
+    result, table = score_predictions(dataset, preds, metric)
+    out = Path(out)
+    write_json(out / "predictions.json", coco_results(preds) if metric == "coco" else pckh_records(preds))
+    write_json(out / "metrics.json", {"metric": metric, "flip_test": flip_test, "boxes": str(boxes) if boxes else "gt", **result}, indent=2)
+    (out / "metrics.txt").write_text(table + "\n")
+    return metric, result, table

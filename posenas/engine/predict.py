@@ -1,0 +1,103 @@
+"""Running a top-down model over person boxes and scoring the result.
+
+One path serves validation during training, `posenas eval --checkpoint` and `posenas
+infer`: crop each box, run the model (optionally with the flip test), decode the
+heatmaps, project back to image coordinates, rescore the instance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from posenas.codecs.heatmap import HeatmapCodec, back_project, flip_back, instance_scores
+from posenas.data.records import PoseDataset
+from posenas.data.topdown import TopDownDataset
+from posenas.evaluation import evaluate_coco, format_coco_table, format_pckh_table, pckh
+
+
+@dataclass
+class InstancePrediction:
+    """One person: keypoints ``(K, 3)`` as ``x, y, score`` in image pixels, and the instance score."""
+
+    image_id: int
+    person_id: int
+    keypoints: np.ndarray
+    score: float
+    box: np.ndarray
+
+
+def heatmaps_with_flip(model: nn.Module, images: torch.Tensor, flip_index: tuple[int, ...], flip_test: bool) -> torch.Tensor:
+    """The model's heatmaps, averaged with those of the mirrored input when ``flip_test``."""
+    heatmaps = model(images)
+    if flip_test:
+        mirrored = model(torch.flip(images, dims=[3]))
+        heatmaps = (heatmaps + flip_back(mirrored, flip_index)) * 0.5
+    return heatmaps
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    data: TopDownDataset,
+    codec: HeatmapCodec,
+    flip_index: tuple[int, ...],
+    device: torch.device,
+    *,
+    flip_test: bool = True,
+    batch_size: int = 64,
+    workers: int = 0,
+    progress: bool = True,
+) -> list[InstancePrediction]:
+    """Predict every instance of ``data`` (GT boxes or detections), in dataset order."""
+    was_training = model.training
+    model.eval()
+    loader = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=workers)
+    out: list[InstancePrediction] = []
+    for batch in tqdm(loader, desc="predicting", disable=not progress, leave=False):
+        heatmaps = heatmaps_with_flip(model, batch["image"].to(device), flip_index, flip_test)
+        coords, maxvals = codec.decode(heatmaps.float().cpu().numpy())
+        centers, scales = batch["center"].numpy(), batch["scale"].numpy()
+        rotations = batch["rotation"].numpy()
+        image_xy = back_project(coords, centers, scales, rotations, codec.input_size)
+        box_scores = batch["box_score"].numpy()
+        scores = instance_scores(maxvals, box_scores)
+        for i in range(len(coords)):
+            kp = np.concatenate([image_xy[i], maxvals[i][:, None]], axis=1).astype(np.float32)
+            w, h = scales[i]
+            box = np.array([centers[i][0] - w / 2, centers[i][1] - h / 2, w, h], dtype=np.float32)
+            out.append(InstancePrediction(int(batch["image_id"][i]), int(batch["person_id"][i]), kp, float(scores[i]), box))
+    model.train(was_training)
+    return out
+
+
+def coco_results(preds: list[InstancePrediction]) -> list[dict]:
+    """COCO keypoint results (``image_id, category_id, keypoints, score``)."""
+    return [
+        {
+            "image_id": p.image_id,
+            "category_id": 1,
+            "keypoints": [round(float(v), 3) for v in p.keypoints.reshape(-1)],
+            "score": round(p.score, 5),
+        }
+        for p in preds
+    ]
+
+
+def pckh_records(preds: list[InstancePrediction]) -> list[dict]:
+    """PCKh prediction records (``id``: the GT person id, ``keypoints``: ``[[x, y, score], ...]``)."""
+    return [{"id": p.person_id, "keypoints": [[round(float(v), 3) for v in row] for row in p.keypoints]} for p in preds]
+
+
+def score_predictions(dataset: PoseDataset, preds: list[InstancePrediction], metric: str) -> tuple[dict, str]:
+    """(result, printable table) of ``metric`` ('coco' or 'pckh') for in-memory predictions."""
+    if metric == "pckh":
+        result = pckh(dataset, {p.person_id: p.keypoints.astype(np.float64) for p in preds})
+        return result, format_pckh_table(result)
+    stats = evaluate_coco(dataset, coco_results(preds))
+    return stats, format_coco_table(stats)

@@ -1,0 +1,299 @@
+"""`posenas train`: supervised top-down training with exact resume.
+
+Why a resumed run ends bit-identical to an uninterrupted one on CPU: the sample order of
+an epoch comes from ``DistributedSampler(seed, epoch)``, each sample's augmentation from
+``(seed, epoch, index)`` (see :mod:`posenas.data.topdown`), and the checkpoint holds the
+weights, the optimiser and scheduler state, the step and the torch RNG state. Resuming
+mid-epoch skips the batches already seen.
+
+Run directory: ``config.yaml`` (resolved), ``metrics.jsonl`` (one JSON object a line),
+``checkpoints/last.pt`` and ``best.pt``, ``val_predictions.json`` and ``results.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+from tqdm import tqdm
+
+from posenas.arch import arch_from_json, build_model, load_arch_file, named_arch
+from posenas.checkpoint import load_checkpoint, save_checkpoint
+from posenas.codecs.heatmap import HeatmapCodec
+from posenas.config import to_dict, write_yaml
+from posenas.data.layout import load_dataset
+from posenas.data.records import PoseDataset
+from posenas.data.topdown import TopDownDataset
+from posenas.engine.config import ExperimentConfig, ModelConfig, OptimConfig
+from posenas.engine.distributed import World, close_world, init_world
+from posenas.engine.predict import coco_results, pckh_records, predict, score_predictions
+from posenas.errors import PosenasError
+from posenas.evaluation import default_metric
+from posenas.jsonio import write_json
+
+#: The metric whose increase makes a checkpoint "best", per evaluation kind.
+PRIMARY = {"coco": ("AP",), "pckh": ("PCKh@0.5", "mean")}
+
+
+class Interrupted(Exception):
+    """Raised after a clean stop (Ctrl-C or ``stop_at_step``) once the checkpoint is written."""
+
+
+def resolve_arch(model: ModelConfig) -> Any:
+    if model.arch is not None:
+        return arch_from_json(model.arch, "config.model.arch")
+    if model.arch_file is not None:
+        return load_arch_file(model.arch_file)
+    return named_arch(model.name)
+
+
+def make_codec(cfg: ExperimentConfig) -> HeatmapCodec:
+    h, w = cfg.data.input_size
+    return HeatmapCodec(input_size=(h, w), heatmap_size=(h // 4, w // 4), sigma=cfg.data.sigma)
+
+
+def check_output_size(model: nn.Module, codec: HeatmapCodec, device: torch.device) -> None:
+    """The model must map the input size to the codec's heatmap size (e.g. inputs divisible by 32)."""
+    with torch.no_grad():
+        was = model.training
+        model.eval()
+        out = model(torch.zeros(1, 3, *codec.input_size, device=device))
+        model.train(was)
+    if tuple(out.shape[-2:]) != tuple(codec.heatmap_size):
+        h, w = codec.input_size
+        raise PosenasError(
+            f"config.data.input_size: {h}x{w} gives {out.shape[-2]}x{out.shape[-1]} heatmaps, expected "
+            f"{codec.heatmap_size[0]}x{codec.heatmap_size[1]}; this model needs sizes divisible by 32"
+        )
+
+
+def heatmap_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """SimpleBaseline's joints MSE: 0.5 × mean of target-weighted squared errors."""
+    return 0.5 * (weight[:, :, None, None] * (pred - target) ** 2).mean()
+
+
+def lr_lambda(optim: OptimConfig, steps_per_epoch: int, total_steps: int):
+    """Multiplier of the base lr at an optimiser step: linear warm-up, then cosine or step decay."""
+
+    def factor(step: int) -> float:
+        warm = min(1.0, (step + 1) / optim.warmup_steps) if optim.warmup_steps > 0 else 1.0
+        if optim.schedule == "cosine":
+            progress = min(1.0, step / max(1, total_steps))
+            decay = 0.5 * (1.0 + math.cos(math.pi * progress))
+        else:
+            epoch = step // max(1, steps_per_epoch)
+            decay = optim.gamma ** sum(epoch >= m for m in optim.milestones)
+        return warm * decay
+
+    return factor
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def _primary(metric: str, result: dict) -> float:
+    value: Any = result
+    for key in PRIMARY[metric]:
+        value = value[key]
+    return float(value) if value is not None else float("-inf")
+
+
+class _Metrics:
+    """``metrics.jsonl``; on resume, lines after the checkpoint's step are dropped (they are redone)."""
+
+    def __init__(self, path: Path, enabled: bool, keep_until_step: int | None):
+        self.path, self.enabled = path, enabled
+        if enabled and keep_until_step is not None and path.exists():
+            lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+            kept = [ln for ln in lines if json.loads(ln).get("step", 0) <= keep_until_step]
+            path.write_text("".join(k + "\n" for k in kept))
+
+    def write(self, **record: Any) -> None:
+        if self.enabled:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def _payload(model, arch, schema_name, codec, cfg, optimizer, scheduler, step, epoch, best, metrics) -> dict:
+    return {
+        "arch": arch.to_json(),
+        "schema": schema_name,
+        "codec": codec.to_dict(),
+        "state_dict": _unwrap(model).state_dict(),
+        "config": to_dict(cfg),
+        "train_state": {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "step": step,
+            "epoch": epoch,
+            "best": best,
+            "torch_rng": torch.get_rng_state(),
+        },
+        "metrics": metrics,
+    }
+
+
+def validate(model, cfg: ExperimentConfig, val: PoseDataset, codec: HeatmapCodec, world: World, progress: bool):
+    """Predict the val split on GT boxes; returns (metric, result, table, predictions)."""
+    if cfg.data.val_max_images is not None:
+        val = replace(val, images=val.images[: cfg.data.val_max_images])
+    data = TopDownDataset(val, codec, augment=None, seed=cfg.train.seed)
+    preds = predict(
+        _unwrap(model), data, codec, val.schema.flip_index, world.device,
+        flip_test=cfg.train.flip_test, batch_size=cfg.data.batch_size * 2, workers=cfg.data.workers, progress=progress,
+    )
+    metric = default_metric(val)
+    result, table = score_predictions(val, preds, metric)
+    return metric, result, table, preds
+
+
+def train(
+    cfg: ExperimentConfig,
+    run_dir: str | Path,
+    resume: bool = False,
+    progress: bool = True,
+    stop_at_step: int | None = None,
+) -> dict:
+    """Train (or resume) a run; returns the final validation result.
+
+    ``stop_at_step`` simulates an interruption after that many steps (the checkpoint is
+    written and :class:`Interrupted` raised), as Ctrl-C does.
+    """
+    run_dir = Path(run_dir)
+    last = run_dir / "checkpoints" / "last.pt"
+    if resume and not last.is_file():
+        raise PosenasError(f"{run_dir}: nothing to resume (no checkpoints/last.pt)")
+    if not resume and last.exists():
+        raise PosenasError(f"{run_dir}: holds a run already; pass --resume to continue it or choose another --out")
+    world = init_world(cfg.train.device)
+    try:
+        return _train(cfg, run_dir, last, resume, progress, stop_at_step, world)
+    finally:
+        close_world(world)
+
+
+def _train(cfg, run_dir, last, resume, progress, stop_at_step, world: World) -> dict:
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    arch = resolve_arch(cfg.model)
+    train_set = load_dataset(cfg.data.root, cfg.data.train_split)
+    val_set = load_dataset(cfg.data.root, cfg.data.val_split)
+    if train_set.schema != val_set.schema:
+        raise PosenasError(f"{cfg.data.root}: train and val splits use different keypoint schemas")
+    schema, codec = train_set.schema, make_codec(cfg)
+    if world.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_yaml(run_dir / "config.yaml", to_dict(cfg))
+
+    torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+    model = build_model(arch, schema.num_joints).to(world.device)
+    check_output_size(model, codec, world.device)
+    train_data = TopDownDataset(train_set, codec, cfg.augment, seed=cfg.train.seed)
+    sampler = DistributedSampler(train_data, num_replicas=world.size, rank=world.rank, shuffle=True,
+                                 seed=cfg.train.seed, drop_last=True)
+    steps_per_epoch = len(sampler) // cfg.data.batch_size
+    if steps_per_epoch == 0:
+        raise PosenasError(
+            f"{cfg.data.root}: {len(train_data)} training instances give no full batch of {cfg.data.batch_size} "
+            f"per process; lower config.data.batch_size"
+        )
+    total_steps = cfg.train.epochs * steps_per_epoch
+    if cfg.train.max_steps is not None:
+        total_steps = min(total_steps, cfg.train.max_steps)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.optim, steps_per_epoch, total_steps))
+
+    step, best = 0, float("-inf")
+    if resume:
+        state = load_checkpoint(last)
+        _unwrap(model).load_state_dict(state["state_dict"])
+        ts = state["train_state"]
+        optimizer.load_state_dict(ts["optimizer"])
+        scheduler.load_state_dict(ts["scheduler"])
+        step, best = int(ts["step"]), float(ts["best"])
+        torch.set_rng_state(ts["torch_rng"])
+    if world.size > 1:
+        model = DistributedDataParallel(model, device_ids=[world.device.index] if world.device.type == "cuda" else None)
+    metrics = _Metrics(run_dir / "metrics.jsonl", world.is_main, step if resume else None)
+    if not resume and world.is_main:
+        (run_dir / "metrics.jsonl").write_text("")
+
+    def checkpoint(epoch: int, extra: dict | None = None, name: str = "last.pt") -> None:
+        if world.is_main:
+            save_checkpoint(run_dir / "checkpoints" / name,
+                            _payload(model, arch, schema.name, codec, cfg, optimizer, scheduler, step, epoch, best, extra))
+
+    bar = tqdm(total=total_steps, initial=step, desc="training", unit="step", disable=not (progress and world.is_main))
+    result: dict = {}
+    started = time.perf_counter()
+    model.train()
+    try:
+        while step < total_steps:
+            epoch, done_in_epoch = divmod(step, steps_per_epoch)
+            sampler.set_epoch(epoch)
+            train_data.set_epoch(epoch)
+            order = list(sampler)[done_in_epoch * cfg.data.batch_size :]
+            loader = DataLoader(Subset(train_data, order), batch_size=cfg.data.batch_size, drop_last=True,
+                                num_workers=cfg.data.workers, shuffle=False)
+            for batch in loader:
+                images = batch["image"].to(world.device, non_blocking=True)
+                target = batch["target"].to(world.device, non_blocking=True)
+                weight = batch["target_weight"].to(world.device, non_blocking=True)
+                loss = heatmap_loss(model(images), target, weight)
+                if world.any_true(not bool(torch.isfinite(loss))):
+                    raise PosenasError(
+                        f"training diverged: loss is {loss.item()} at step {step + 1} (epoch {epoch}); stopped. "
+                        f"The last good checkpoint is {last if last.exists() else 'not written yet'}"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                bar.update(1)
+                if step % cfg.train.log_every == 0 or step == total_steps:
+                    lr = optimizer.param_groups[0]["lr"]
+                    metrics.write(step=step, epoch=epoch, loss=loss.item(), lr=lr,
+                                  seconds=round(time.perf_counter() - started, 2))
+                    bar.set_postfix(loss=f"{loss.item():.2e}", lr=f"{lr:.1e}")
+                if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0:
+                    checkpoint(epoch)
+                if stop_at_step is not None and step >= stop_at_step:
+                    raise KeyboardInterrupt
+                if step >= total_steps:
+                    break
+            epoch_done = step % steps_per_epoch == 0 or step >= total_steps
+            if not epoch_done:
+                continue
+            final = step >= total_steps
+            due = cfg.train.val_every and (epoch + 1) % cfg.train.val_every == 0
+            if world.is_main and (final or due):
+                metric, result, table, preds = validate(model, cfg, val_set, codec, world, progress)
+                metrics.write(step=step, epoch=epoch, val={"metric": metric, **result})
+                score = _primary(metric, result)
+                if score > best:
+                    best = score
+                    checkpoint(epoch, {"metric": metric, **result}, "best.pt")
+                if final:
+                    write_json(run_dir / "val_predictions.json", coco_results(preds) if metric == "coco" else pckh_records(preds))
+                    write_json(run_dir / "results.json", {"metric": metric, **result, "steps": step}, indent=2)
+                    (run_dir / "results.txt").write_text(table + "\n")
+                model.train()
+            world.barrier()
+            checkpoint(epoch)
+    except KeyboardInterrupt:
+        checkpoint(step // steps_per_epoch)
+        world.barrier()
+        raise Interrupted(f"interrupted at step {step}; checkpoint written, continue with --resume --out {run_dir}")
+    finally:
+        bar.close()
+    return result

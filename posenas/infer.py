@@ -1,0 +1,83 @@
+"""`posenas infer`: run a checkpoint on images or folders of frames, draw and save the poses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from posenas.checkpoint import model_from_checkpoint
+from posenas.data.boxes import load_detections
+from posenas.data.images import encode_jpeg, read_image
+from posenas.data.records import ImageRecord, PoseDataset
+from posenas.data.topdown import TopDownDataset
+from posenas.engine.distributed import resolve_device
+from posenas.engine.predict import predict
+from posenas.errors import PosenasError
+from posenas.jsonio import write_bytes, write_json
+from posenas.visualize import draw_person
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def image_inputs(inputs: list[str | Path]) -> list[Path]:
+    """Image files from the arguments; a folder stands for its images (frames) in name order."""
+    paths: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            frames = sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not frames:
+                raise PosenasError(f"{item}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            paths += frames
+        elif item.exists():
+            paths.append(item)
+        else:
+            raise PosenasError(f"{item}: no such image or folder")
+    return paths
+
+
+def run_inference(
+    checkpoint: str | Path,
+    inputs: list[str | Path],
+    out: str | Path,
+    *,
+    boxes: str | Path | None = None,
+    flip_test: bool = True,
+    min_score: float = 0.2,
+    device: str = "auto",
+    progress: bool = True,
+) -> list[dict]:
+    """Predict every person box (the whole image when no boxes are given); returns the JSON records."""
+    loaded = model_from_checkpoint(checkpoint)
+    paths = image_inputs(inputs)
+    arrays = {i: read_image(p) for i, p in enumerate(paths)}  # decode first: a bad image fails before any output
+    records = [ImageRecord(id=i, file_name=str(p.resolve()), width=a.shape[1], height=a.shape[0])
+               for (i, a), p in zip(arrays.items(), paths)]
+    dataset = PoseDataset("coco", loaded.schema, Path("/"), records, Path(str(inputs[0])))
+    if boxes is not None:
+        names = {str(p): i for i, p in enumerate(paths)} | {p.name: i for i, p in enumerate(paths)}
+        detections = load_detections(boxes, names=names)
+    else:
+        detections = [(r.id, np.array([0, 0, r.width, r.height], np.float32), 1.0) for r in records]
+    dev = resolve_device(device)
+    preds = predict(loaded.model.to(dev), TopDownDataset(dataset, loaded.codec, augment=None, boxes=detections),
+                    loaded.codec, loaded.schema.flip_index, dev, flip_test=flip_test, progress=progress)
+    out = Path(out)
+    by_image: dict[int, list] = {}
+    for p in preds:
+        by_image.setdefault(p.image_id, []).append(p)
+    results = []
+    for i, path in enumerate(paths):
+        canvas = arrays[i].copy()
+        for p in by_image.get(i, []):
+            draw_person(canvas, p.keypoints, loaded.schema, box=p.box, label=f"{p.score:.2f}",
+                        min_score=min_score, show_scores=True)
+            results.append({
+                "image": str(path), "image_id": i, "bbox": [round(float(v), 2) for v in p.box],
+                "score": round(p.score, 4),
+                "keypoints": [[round(float(v), 2) for v in row] for row in p.keypoints],
+            })
+        write_bytes(out / f"{i:05d}_{path.stem}.jpg", encode_jpeg(canvas))
+    write_json(out / "predictions.json", {"schema": loaded.schema.name, "joints": list(loaded.schema.joints),
+                                          "predictions": results}, indent=1)
+    return results
