@@ -86,7 +86,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if not args.data:
             raise PosenasError("eval --checkpoint: --data DIR is required")
         out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent / f"eval-{args.split or 'val'}"
-        metric, result, table = evaluate_checkpoint(
+        metric, result, table, _ = evaluate_checkpoint(
             args.checkpoint, args.data, out, split=args.split, flip_test=args.flip_test, boxes=args.boxes,
             metric=args.metric, device=args.device, progress=not args.json,
         )
@@ -147,7 +147,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from posenas.demo import run_demo
 
-    run_demo(Path(args.out), Path(args.data))
+    run_demo(Path(args.out), Path(args.data), Path(args.config))
     return 0
 
 
@@ -228,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="the end-to-end demo on the built-in synthetic data")
     d.add_argument("--out", default="runs/demo", help="run folder")
     d.add_argument("--data", default="data/synthetic", help="where the synthetic datasets live (made if absent)")
+    d.add_argument("--config", default="configs/baselines/tiny.yaml", help="training config of the demo model")
     d.set_defaults(func=cmd_demo)
     return p
 

@@ -1,58 +1,67 @@
 """`make demo`: the end-to-end demo on the built-in synthetic data.
 
-For now (before models exist) it generates the synthetic datasets if absent, validates
-them, draws a few annotated examples, and evaluates reference predictions (ground truth
-with OKS-scaled noise) with COCO AP and PCKh. Later stages extend it with training.
+Generates the synthetic COCO-format dataset if absent, validates it, trains the small
+SimpleBaseline for a few minutes on the CPU (resuming an interrupted demo run), evaluates
+it with the flip test, and writes a short report into the run directory: the AP table,
+the training curve and drawn example predictions.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from posenas.config import load_config
 from posenas.data.check import check_images
 from posenas.data.layout import load_dataset
-from posenas.evaluation import evaluate_file
-from posenas.evaluation.reference import coco_results, pckh_records
-from posenas.jsonio import write_json
+from posenas.engine.config import ExperimentConfig
+from posenas.engine.evaluate import evaluate_checkpoint
+from posenas.engine.train import train
+from posenas.report import draw_predictions, plot_training
 from posenas.synthetic.generate import default_spec, synthesize
 from posenas.visualize import show_dataset
-
-#: The demo's reference predictions: GT moved by this much OKS-scaled noise.
-REFERENCE_NOISE = 0.25
 
 
 def _step(text: str) -> None:
     print(f"\n== {text}", flush=True)
 
 
-def run_demo(out: Path, data: Path) -> dict:
-    specs = {
-        "coco": default_spec("coco"),
-        "mpii": default_spec("mpii", train=0, val=300),
-    }
-    metrics = {}
-    for fmt, spec in specs.items():
-        root = data / fmt
-        _step(f"synthetic {fmt} data in {root}")
-        report = synthesize(root, spec)
-        if "seconds" in report:
-            print(f"generated in {report['seconds']:.1f} s ({report['images_per_second']:.0f} images/s)")
-        else:
-            print("already there (same settings)")
-        val = load_dataset(root, "val")
-        check_images(val)
-        print(f"checked val split: " + ", ".join(f"{k} {v}" for k, v in val.counts().items()))
+def run_demo(out: Path, data: Path, config: Path) -> dict:
+    root = data / "coco"
+    _step(f"synthetic people (COCO format) in {root}")
+    report = synthesize(root, default_spec("coco"))
+    print(f"generated in {report['seconds']:.1f} s ({report['images_per_second']:.0f} images/s)"
+          if "seconds" in report else "already there (same settings)")
+    val = load_dataset(root, "val")
+    check_images(val)
+    print("val split: " + ", ".join(f"{k} {v}" for k, v in val.counts().items()))
+    show_dataset(val, out / "examples" / "ground_truth", limit=6, progress=False)
 
-        examples = show_dataset(val, out / "examples" / fmt, limit=6, progress=False)
-        print(f"drew {len(examples)} annotated examples into {out / 'examples' / fmt}")
+    run = out / "train"
+    cfg = load_config(ExperimentConfig, config, [f"data.root={root}"])
+    _step(f"training {cfg.model.name if cfg.model.arch is None else 'model'} from {config} into {run}")
+    if (run / "results.json").exists():
+        print("already trained (delete the run folder to train again)")
+    else:
+        train(cfg, run, resume=(run / "checkpoints" / "last.pt").exists())
 
-        _step(f"evaluating reference predictions on {fmt} val (GT + noise {REFERENCE_NOISE})")
-        pred_path = out / f"reference_predictions_{fmt}.json"
-        preds = coco_results(val, REFERENCE_NOISE) if fmt == "coco" else pckh_records(val, REFERENCE_NOISE)
-        write_json(pred_path, preds)
-        metric, result, table = evaluate_file(val, pred_path)
-        print(table)
-        metrics[fmt] = {"metric": metric, **result}
-    write_json(out / "metrics.json", metrics, indent=2)
-    _step(f"done: results in {out}")
-    return metrics
+    _step("evaluating the trained model on val (GT boxes, flip test)")
+    metric, result, table, preds = evaluate_checkpoint(run / "checkpoints" / "last.pt", root, out / "eval",
+                                                       flip_test=True)
+    print(table)
+    plot = plot_training(run / "metrics.jsonl", out / "training_curve.png")
+    drawn = draw_predictions(val, preds, out / "examples" / "predictions", limit=8)
+
+    lines = [
+        "# posenas demo report", "",
+        f"Model: `{cfg.model.name}` trained with `{config}` on `{root}` "
+        f"(input {cfg.data.input_size[0]}×{cfg.data.input_size[1]}).", "",
+        "## Validation (GT boxes, flip test)", "", "```", table, "```", "",
+        "## Training curve", "", f"![training curve]({plot.name})", "",
+        "## Example predictions", "",
+        *[f"![{p.name}]({p.relative_to(out).as_posix()})" for p in drawn], "",
+        f"Ground-truth examples: `examples/ground_truth/`. Predictions: `eval/predictions.json`. "
+        f"Checkpoints: `train/checkpoints/`.", "",
+    ]
+    (out / "report.md").write_text("\n".join(lines))
+    _step(f"done: report in {out / 'report.md'}")
+    return {"metric": metric, **result}

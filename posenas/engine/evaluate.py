@@ -9,7 +9,7 @@ from posenas.data.boxes import load_detections
 from posenas.data.layout import load_dataset
 from posenas.data.topdown import TopDownDataset
 from posenas.engine.distributed import resolve_device
-from posenas.engine.predict import coco_results, pckh_records, predict, score_predictions
+from posenas.engine.predict import InstancePrediction, coco_results, pckh_records, predict, score_predictions
 from posenas.errors import PosenasError
 from posenas.evaluation import default_metric
 from posenas.jsonio import write_json
@@ -28,8 +28,11 @@ def evaluate_checkpoint(
     batch_size: int = 64,
     workers: int = 0,
     progress: bool = True,
-) -> tuple[str, dict, str]:
-    """Predict and score; writes ``predictions.json``, ``metrics.json`` and ``metrics.txt`` into ``out``."""
+) -> tuple[str, dict, str, list[InstancePrediction]]:
+    """Predict and score; writes ``predictions.json``, ``metrics.json`` and ``metrics.txt`` into ``out``.
+
+    Returns (metric, result, printable table, predictions).
+    """
     loaded = model_from_checkpoint(checkpoint)
     dataset = load_dataset(data, split)
     if dataset.schema != loaded.schema:
@@ -52,4 +55,4 @@ def evaluate_checkpoint(
     write_json(out / "predictions.json", coco_results(preds) if metric == "coco" else pckh_records(preds))
     write_json(out / "metrics.json", {"metric": metric, "flip_test": flip_test, "boxes": str(boxes) if boxes else "gt", **result}, indent=2)
     (out / "metrics.txt").write_text(table + "\n")
-    return metric, result, table
+    return metric, result, table, preds
