@@ -17,6 +17,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 import yaml
 
 from posenas.errors import PosenasError
+from posenas.jsonio import read_text, write_bytes
 
 T = TypeVar("T")
 
@@ -118,13 +119,7 @@ def to_dict(obj: Any) -> Any:
 
 
 def read_yaml(path: str | Path) -> Any:
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise PosenasError(f"{path}: no such config file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise PosenasError(f"{path}: cannot read: {e}") from None
+    text = read_text(path, "YAML")
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -165,8 +160,6 @@ def load_config(cls: type[T], path: str | Path | None, overrides: list[str] = ()
 
 
 def write_yaml(path: str | Path, data: Any) -> None:
-    from posenas.jsonio import write_bytes
-
     write_bytes(path, yaml.safe_dump(data, sort_keys=False).encode("utf-8"))
 
 

@@ -10,9 +10,8 @@ from posenas.checkpoint import model_from_checkpoint
 from posenas.data.boxes import load_detections
 from posenas.data.images import encode_jpeg, read_image
 from posenas.data.records import ImageRecord, PoseDataset
-from posenas.data.topdown import TopDownDataset
 from posenas.engine.distributed import resolve_device
-from posenas.engine.predict import predict
+from posenas.engine.predict import predict_dataset
 from posenas.errors import PosenasError
 from posenas.jsonio import write_bytes, write_json
 from posenas.visualize import draw_person
@@ -60,8 +59,8 @@ def run_inference(
     else:
         detections = [(r.id, np.array([0, 0, r.width, r.height], np.float32), 1.0) for r in records]
     dev = resolve_device(device)
-    preds = predict(loaded.model.to(dev), TopDownDataset(dataset, loaded.codec, augment=None, boxes=detections),
-                    loaded.codec, loaded.schema.flip_index, dev, flip_test=flip_test, progress=progress)
+    preds = predict_dataset(loaded.model.to(dev), dataset, loaded.codec, dev, boxes=detections,
+                            flip_test=flip_test, progress=progress)
     out = Path(out)
     by_image: dict[int, list] = {}
     for p in preds:

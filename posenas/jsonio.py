@@ -11,17 +11,22 @@ from typing import Any
 from posenas.errors import PosenasError
 
 
-def read_json(path: str | os.PathLike) -> Any:
-    """Parse a JSON file; any failure names the file (and line/column for syntax errors)."""
+def read_text(path: str | os.PathLike, kind: str = "text") -> str:
+    """A UTF-8 file's text; a missing, unreadable or undecodable file is a one-line error."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise PosenasError(f"{path}: no such file") from None
     except IsADirectoryError:
-        raise PosenasError(f"{path}: is a directory, expected a JSON file") from None
+        raise PosenasError(f"{path}: is a directory, expected a {kind} file") from None
     except (OSError, UnicodeDecodeError) as e:
         raise PosenasError(f"{path}: cannot read: {e}") from None
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Parse a JSON file; any failure names the file (and line/column for syntax errors)."""
+    text = read_text(path, "JSON")
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:

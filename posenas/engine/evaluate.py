@@ -7,9 +7,8 @@ from pathlib import Path
 from posenas.checkpoint import model_from_checkpoint
 from posenas.data.boxes import load_detections
 from posenas.data.layout import load_dataset
-from posenas.data.topdown import TopDownDataset
 from posenas.engine.distributed import resolve_device
-from posenas.engine.predict import InstancePrediction, coco_results, pckh_records, predict, score_predictions
+from posenas.engine.predict import InstancePrediction, coco_results, pckh_records, predict_dataset, score_predictions
 from posenas.errors import PosenasError
 from posenas.evaluation import default_metric
 from posenas.jsonio import write_json
@@ -47,9 +46,8 @@ def evaluate_checkpoint(
         detections = load_detections(boxes, image_ids={img.id for img in dataset.images})
     dev = resolve_device(device)
     model = loaded.model.to(dev)
-    inputs = TopDownDataset(dataset, loaded.codec, augment=None, boxes=detections)
-    preds = predict(model, inputs, loaded.codec, dataset.schema.flip_index, dev, flip_test=flip_test,
-                    batch_size=batch_size, workers=workers, progress=progress)
+    preds = predict_dataset(model, dataset, loaded.codec, dev, boxes=detections, flip_test=flip_test,
+                            batch_size=batch_size, workers=workers, progress=progress)
     result, table = score_predictions(dataset, preds, metric)
     out = Path(out)
     write_json(out / "predictions.json", coco_results(preds) if metric == "coco" else pckh_records(preds))

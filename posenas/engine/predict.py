@@ -18,7 +18,8 @@ from tqdm import tqdm
 from posenas.codecs.heatmap import HeatmapCodec, back_project, flip_back, instance_scores
 from posenas.data.records import PoseDataset
 from posenas.data.topdown import TopDownDataset
-from posenas.evaluation import evaluate_coco, format_coco_table, format_pckh_table, pckh
+from posenas.data.boxes import Detection
+from posenas.evaluation import score
 
 
 @dataclass
@@ -94,10 +95,26 @@ def pckh_records(preds: list[InstancePrediction]) -> list[dict]:
     return [{"id": p.person_id, "keypoints": [[round(float(v), 3) for v in row] for row in p.keypoints]} for p in preds]
 
 
+def predict_dataset(
+    model: nn.Module,
+    dataset: PoseDataset,
+    codec: HeatmapCodec,
+    device: torch.device,
+    *,
+    boxes: list[Detection] | None = None,
+    flip_test: bool = True,
+    batch_size: int = 64,
+    workers: int = 0,
+    progress: bool = True,
+) -> list[InstancePrediction]:
+    """:func:`predict` on a dataset's GT boxes, or on ``boxes`` (detections)."""
+    inputs = TopDownDataset(dataset, codec, augment=None, boxes=boxes)
+    return predict(model, inputs, codec, dataset.schema.flip_index, device, flip_test=flip_test,
+                   batch_size=batch_size, workers=workers, progress=progress)
+
+
 def score_predictions(dataset: PoseDataset, preds: list[InstancePrediction], metric: str) -> tuple[dict, str]:
-    """(result, printable table) of ``metric`` ('coco' or 'pckh') for in-memory predictions."""
+    """(result, printable table) of ``metric`` ('coco' or 'pckh') for these predictions."""
     if metric == "pckh":
-        result = pckh(dataset, {p.person_id: p.keypoints.astype(np.float64) for p in preds})
-        return result, format_pckh_table(result)
-    stats = evaluate_coco(dataset, coco_results(preds))
-    return stats, format_coco_table(stats)
+        return score(dataset, metric, {p.person_id: p.keypoints.astype(np.float64) for p in preds})
+    return score(dataset, metric, coco_results(preds))

@@ -34,7 +34,7 @@ from posenas.data.records import PoseDataset
 from posenas.data.topdown import TopDownDataset
 from posenas.engine.config import ExperimentConfig, ModelConfig, OptimConfig
 from posenas.engine.distributed import World, close_world, init_world
-from posenas.engine.predict import coco_results, pckh_records, predict, score_predictions
+from posenas.engine.predict import coco_results, pckh_records, predict_dataset, score_predictions
 from posenas.errors import PosenasError
 from posenas.evaluation import default_metric
 from posenas.jsonio import write_json
@@ -146,11 +146,8 @@ def validate(model, cfg: ExperimentConfig, val: PoseDataset, codec: HeatmapCodec
     """Predict the val split on GT boxes; returns (metric, result, table, predictions)."""
     if cfg.data.val_max_images is not None:
         val = replace(val, images=val.images[: cfg.data.val_max_images])
-    data = TopDownDataset(val, codec, augment=None, seed=cfg.train.seed)
-    preds = predict(
-        _unwrap(model), data, codec, val.schema.flip_index, world.device,
-        flip_test=cfg.train.flip_test, batch_size=cfg.data.batch_size * 2, workers=cfg.data.workers, progress=progress,
-    )
+    preds = predict_dataset(_unwrap(model), val, codec, world.device, flip_test=cfg.train.flip_test,
+                            batch_size=cfg.data.batch_size * 2, workers=cfg.data.workers, progress=progress)
     metric = default_metric(val)
     result, table = score_predictions(val, preds, metric)
     return metric, result, table, preds

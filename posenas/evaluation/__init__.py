@@ -20,6 +20,7 @@ __all__ = [
     "coco_ground_truth",
     "default_metric",
     "evaluate_file",
+    "score",
     "evaluate_coco",
     "format_coco_table",
     "format_pckh_table",
@@ -34,13 +35,20 @@ def default_metric(dataset: PoseDataset) -> str:
     return "pckh" if dataset.format == "mpii" else "coco"
 
 
+def score(dataset: PoseDataset, metric: str, predictions) -> tuple[dict, str]:
+    """(result, printable table) for in-memory predictions: a COCO results list for
+    ``coco``, ``{person id: (K, 3) array}`` for ``pckh``."""
+    if metric == "coco":
+        stats = evaluate_coco(dataset, predictions)
+        return stats, format_coco_table(stats)
+    if metric == "pckh":
+        result = pckh(dataset, predictions)
+        return result, format_pckh_table(result)
+    raise PosenasError(f"unknown metric {metric!r}; allowed: coco, pckh")
+
+
 def evaluate_file(dataset: PoseDataset, pred_path: Path, metric: str | None = None) -> tuple[str, dict, str]:
     """Evaluate a predictions file: returns (metric, result dict, printable table)."""
     metric = metric or default_metric(dataset)
-    if metric == "coco":
-        stats = evaluate_coco(dataset, load_coco_predictions(pred_path, dataset))
-        return metric, stats, format_coco_table(stats)
-    if metric == "pckh":
-        result = pckh(dataset, load_pckh_predictions(pred_path, dataset))
-        return metric, result, format_pckh_table(result)
-    raise PosenasError(f"unknown metric {metric!r}; allowed: coco, pckh")
+    load = load_coco_predictions if metric == "coco" else load_pckh_predictions
+    return (metric, *score(dataset, metric, load(pred_path, dataset)))
