@@ -185,7 +185,7 @@ def test_torchrun_two_processes_on_cpu(tmp_path, data_root):
 
     write_yaml(cfg_path, to_dict(tiny_config(data_root, epochs=1)))
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "posenas", "train", "--config", str(cfg_path), "--out", str(tmp_path / "ddp"), "--quiet"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
