@@ -193,3 +193,23 @@ def test_torchrun_two_processes_on_cpu(tmp_path, data_root):
     # 16 instances, 2 processes, batch 4 per process: 2 steps per epoch
     assert ckpt["train_state"]["step"] == 2
     assert json.loads((tmp_path / "ddp" / "results.json").read_text())["steps"] == 2
+
+
+def test_interrupted_final_validation_is_redone_on_resume(tmp_path, data_root, monkeypatch):
+    real = train_module.validate
+    calls = {"n": 0}
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the final validation (the first is after epoch 0)
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "validate", flaky)
+    cfg = tiny_config(data_root)
+    with pytest.raises(Interrupted):
+        train(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "results.json").exists()
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["train_state"]["step"] == 8
+    train(cfg, tmp_path / "run", resume=True, progress=False)
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["steps"] == 8

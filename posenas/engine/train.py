@@ -229,6 +229,20 @@ def _train(cfg, run_dir, last, resume, progress, stop_at_step, world: World) -> 
             save_checkpoint(run_dir / "checkpoints" / name,
                             _payload(model, arch, schema.name, codec, cfg, optimizer, scheduler, step, epoch, best, extra))
 
+    def record_validation(epoch: int, final: bool) -> dict:
+        nonlocal best
+        metric, result, table, preds = validate(model, cfg, val_set, codec, world, progress)
+        metrics.write(step=step, epoch=epoch, val={"metric": metric, **result})
+        if _primary(metric, result) > best:
+            best = _primary(metric, result)
+            checkpoint(epoch, {"metric": metric, **result}, "best.pt")
+        if final:
+            write_json(run_dir / "val_predictions.json", coco_results(preds) if metric == "coco" else pckh_records(preds))
+            (run_dir / "results.txt").write_text(table + "\n")
+            write_json(run_dir / "results.json", {"metric": metric, **result, "steps": step}, indent=2)
+        model.train()
+        return result
+
     bar = tqdm(total=total_steps, initial=step, desc="training", unit="step", disable=not (progress and world.is_main))
     result: dict = {}
     started = time.perf_counter()
@@ -268,25 +282,16 @@ def _train(cfg, run_dir, last, resume, progress, stop_at_step, world: World) -> 
                     raise KeyboardInterrupt
                 if step >= total_steps:
                     break
-            epoch_done = step % steps_per_epoch == 0 or step >= total_steps
-            if not epoch_done:
-                continue
-            final = step >= total_steps
             due = cfg.train.val_every and (epoch + 1) % cfg.train.val_every == 0
-            if world.is_main and (final or due):
-                metric, result, table, preds = validate(model, cfg, val_set, codec, world, progress)
-                metrics.write(step=step, epoch=epoch, val={"metric": metric, **result})
-                score = _primary(metric, result)
-                if score > best:
-                    best = score
-                    checkpoint(epoch, {"metric": metric, **result}, "best.pt")
-                if final:
-                    write_json(run_dir / "val_predictions.json", coco_results(preds) if metric == "coco" else pckh_records(preds))
-                    write_json(run_dir / "results.json", {"metric": metric, **result, "steps": step}, indent=2)
-                    (run_dir / "results.txt").write_text(table + "\n")
-                model.train()
+            if world.is_main and due and step < total_steps:
+                record_validation(epoch, final=False)
             world.barrier()
             checkpoint(epoch)
+        # The final validation runs after the loop, so that a run interrupted during it
+        # (its last checkpoint already at total_steps) does it on --resume.
+        if world.is_main and not (run_dir / "results.json").exists():
+            result = record_validation((step - 1) // steps_per_epoch, final=True)
+        world.barrier()
     except KeyboardInterrupt:
         checkpoint(step // steps_per_epoch)
         world.barrier()
