@@ -50,6 +50,7 @@ def test_validation_item_geometry_and_normalisation(coco):
     x, y, w, h = person.box()
     np.testing.assert_allclose(item["center"].numpy(), [x + w / 2, y + h / 2], rtol=1e-6)
     assert item["rotation"] == 0.0
+    np.testing.assert_allclose(item["box"].numpy(), person.box())  # the input box travels with the crop
     # a target for each labelled joint inside the crop window, none for the others
     xy = transform_points(person.keypoints[:, :2], affine_matrix(item["center"].numpy(), item["scale"].numpy(), 0, (64, 48)))
     inside = (xy >= -0.5).all(1) & (xy[:, 0] < 47.5) & (xy[:, 1] < 63.5)

@@ -116,6 +116,7 @@ class TopDownDataset(torch.utils.data.Dataset):
             "center": torch.from_numpy(sample.center.astype(np.float32)),
             "scale": torch.from_numpy(sample.scale.astype(np.float32)),
             "rotation": float(sample.rotation),
+            "box": torch.from_numpy(box.astype(np.float32)),  # the person / detection box, x y w h
             "image_id": int(img.id),
             "person_id": person_id,
             "box_score": score,

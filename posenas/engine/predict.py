@@ -24,7 +24,7 @@ from posenas.evaluation import score
 
 @dataclass
 class InstancePrediction:
-    """One person: keypoints ``(K, 3)`` as ``x, y, score`` in image pixels, and the instance score."""
+    """One person: keypoints ``(K, 3)`` as ``x, y, score`` in image pixels, the instance score, the input box."""
 
     image_id: int
     person_id: int
@@ -66,13 +66,11 @@ def predict(
         centers, scales = batch["center"].numpy(), batch["scale"].numpy()
         rotations = batch["rotation"].numpy()
         image_xy = back_project(coords, centers, scales, rotations, codec.input_size)
-        box_scores = batch["box_score"].numpy()
-        scores = instance_scores(maxvals, box_scores)
+        scores = instance_scores(maxvals, batch["box_score"].numpy())
+        boxes = batch["box"].numpy()
         for i in range(len(coords)):
             kp = np.concatenate([image_xy[i], maxvals[i][:, None]], axis=1).astype(np.float32)
-            w, h = scales[i]
-            box = np.array([centers[i][0] - w / 2, centers[i][1] - h / 2, w, h], dtype=np.float32)
-            out.append(InstancePrediction(int(batch["image_id"][i]), int(batch["person_id"][i]), kp, float(scores[i]), box))
+            out.append(InstancePrediction(int(batch["image_id"][i]), int(batch["person_id"][i]), kp, float(scores[i]), boxes[i]))
     model.train(was_training)
     return out
 
