@@ -12,8 +12,7 @@ Writes are atomic: a temp file in the same folder, then a rename.
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from torch import nn
 from posenas.arch import arch_from_json, build_model
 from posenas.codecs.heatmap import HeatmapCodec
 from posenas.errors import PosenasError
+from posenas.jsonio import write_bytes
 from posenas.keypoints import KeypointSchema, get_schema
 
 FORMAT = "posenas-checkpoint"
@@ -33,17 +33,9 @@ _REQUIRED = ("arch", "schema", "codec", "state_dict")
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     """Write ``payload`` (plus the format marker) atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = {"format": FORMAT, "format_version": FORMAT_VERSION, **payload}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(data, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **payload}, buffer)
+    write_bytes(path, buffer.getvalue())
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -79,21 +71,44 @@ class LoadedModel:
     checkpoint: dict[str, Any]
 
 
+def check_heatmap_size(model: nn.Module, codec: HeatmapCodec, where: str = "config.data.input_size") -> None:
+    """The model must map the codec's input size to its heatmap size (SimpleBaselines: sizes divisible by 32)."""
+    device = next(model.parameters()).device
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.zeros(1, 3, *codec.input_size, device=device))
+    model.train(was)
+    if tuple(out.shape[-2:]) != tuple(codec.heatmap_size):
+        h, w = codec.input_size
+        raise PosenasError(
+            f"{where}: {h}x{w} gives {out.shape[-2]}x{out.shape[-1]} heatmaps, expected "
+            f"{codec.heatmap_size[0]}x{codec.heatmap_size[1]}; this model needs sizes divisible by 32"
+        )
+
+
+def load_weights(model: nn.Module, state_dict: Any, path: str | Path) -> None:
+    """``load_state_dict`` with a one-line error when the weights do not fit the architecture."""
+    try:
+        model.load_state_dict(state_dict)
+    except (RuntimeError, TypeError, AttributeError, KeyError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise PosenasError(f"{path}: weights do not fit the architecture in the checkpoint: {first}") from None
+
+
 def model_from_checkpoint(path: str | Path) -> LoadedModel:
     """Rebuild the plain model of a checkpoint, with no other file, in eval mode."""
     ckpt = load_checkpoint(path)
-    where = f"{path}: field 'arch'"
-    arch = arch_from_json(ckpt["arch"], where)
+    arch = arch_from_json(ckpt["arch"], f"{path}: field 'arch'")
+    if not isinstance(ckpt["schema"], str):
+        raise PosenasError(f"{path}: field 'schema': expected a schema name, got {ckpt['schema']!r}")
     try:
         schema = get_schema(ckpt["schema"])
         codec = HeatmapCodec.from_dict(ckpt["codec"])
     except PosenasError as e:
         raise PosenasError(f"{path}: {e}") from None
     model = build_model(arch, schema.num_joints)
-    try:
-        model.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as e:
-        first = str(e).splitlines()[0] if str(e) else "mismatch"
-        raise PosenasError(f"{path}: weights do not fit the architecture in the checkpoint: {first}") from None
+    load_weights(model, ckpt["state_dict"], path)
+    check_heatmap_size(model, codec, f"{path}: field 'codec'.input_size")
     model.eval()
     return LoadedModel(model, arch, schema, codec, ckpt)

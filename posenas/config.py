@@ -155,8 +155,10 @@ def load_config(cls: type[T], path: str | Path | None, overrides: list[str] = ()
     if data is not None and not isinstance(data, dict):
         raise PosenasError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     data = apply_overrides(data or {}, list(overrides))
-    where = f"{path}: config" if path is not None else "config"
-    return from_dict(cls, data, where)
+    try:
+        return from_dict(cls, data, "config")
+    except PosenasError as e:
+        raise PosenasError(f"{path}: {e}" if path is not None else str(e)) from None
 
 
 def write_yaml(path: str | Path, data: Any) -> None:

@@ -39,6 +39,8 @@ def _atomic_write(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+            f.flush()
+            os.fsync(f.fileno())  # the rename must not land before the bytes do
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -52,4 +54,23 @@ def write_json(path: str | os.PathLike, obj: Any, indent: int | None = None) -> 
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write bytes atomically (temp file in the same folder, fsync, rename)."""
     _atomic_write(Path(path), data)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    _atomic_write(Path(path), text.encode("utf-8"))
+
+
+def read_jsonl(path: str | os.PathLike) -> list[Any]:
+    """A JSON-lines file; a torn last line (a kill mid-append) is dropped, other bad lines are errors."""
+    lines = [ln for ln in read_text(path, "JSON-lines").splitlines() if ln.strip()]
+    out = []
+    for i, line in enumerate(lines):
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if i == len(lines) - 1:
+                break
+            raise PosenasError(f"{path}: invalid JSON at line {i + 1}, column {e.colno}: {e.msg}") from None
+    return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import replace
@@ -207,9 +208,58 @@ def test_interrupted_final_validation_is_redone_on_resume(tmp_path, data_root, m
 
     monkeypatch.setattr(train_module, "validate", flaky)
     cfg = tiny_config(data_root)
-    with pytest.raises(Interrupted):
+    with pytest.raises(KeyboardInterrupt):  # a forced stop (second Ctrl-C) in the final validation
         train(cfg, tmp_path / "run", progress=False)
     assert not (tmp_path / "run" / "results.json").exists()
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["train_state"]["step"] == 8
     train(cfg, tmp_path / "run", resume=True, progress=False)
     assert json.loads((tmp_path / "run" / "results.json").read_text())["steps"] == 8
+
+
+def test_ctrl_c_stops_at_a_step_boundary_and_resumes_exactly(tmp_path, data_root, monkeypatch):
+    cfg = tiny_config(data_root)
+    train(cfg, tmp_path / "full", progress=False)
+    real = train_module.heatmap_loss
+    calls = {"n": 0}
+
+    def interrupted(pred, target, weight):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # arrives mid-step; the step completes
+        return real(pred, target, weight)
+
+    monkeypatch.setattr(train_module, "heatmap_loss", interrupted)
+    with pytest.raises(Interrupted, match="stopped at step 3"):
+        train(cfg, tmp_path / "run", progress=False)
+    monkeypatch.setattr(train_module, "heatmap_loss", real)
+    train(cfg, tmp_path / "run", resume=True, progress=False)
+    full, run = _weights(tmp_path / "full"), _weights(tmp_path / "run")
+    assert all(torch.equal(full[k], run[k]) for k in full)
+
+
+def test_resume_refuses_a_different_batch_size(tmp_path, data_root):
+    cfg = tiny_config(data_root)
+    with pytest.raises(Interrupted):
+        train(cfg, tmp_path / "run", progress=False, stop_at_step=2)
+    other = replace(cfg, data=replace(cfg.data, batch_size=2))
+    with pytest.raises(PosenasError, match="cannot resume with batch_size 2: the run was made with batch_size 4"):
+        train(other, tmp_path / "run", resume=True, progress=False)
+
+
+def test_bad_config_values_name_file_and_key(tmp_path):
+    path = tmp_path / "c.yaml"
+    for text, message in [
+        ("train:\n  log_every: 0\n", "config.train.log_every: must be >= 1"),
+        ("optim:\n  weight_decay: -1\n", "config.optim.weight_decay: must be >= 0"),
+        ("augment:\n  rotation: -5\n", "config.augment.rotation"),
+        ("model:\n  name: resnet9000\n", None),
+    ]:
+        path.write_text(text)
+        if message is None:
+            cfg = load_config(ExperimentConfig, path)
+            with pytest.raises(PosenasError, match="config.model.name: unknown model 'resnet9000'"):
+                train_module.resolve_arch(cfg.model)
+            continue
+        with pytest.raises(PosenasError, match=message) as e:
+            load_config(ExperimentConfig, path)
+        assert str(e.value).startswith(str(path))

@@ -181,10 +181,10 @@ class AugmentConfig:
         def number(name, lo, hi, hi_open=False):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise PosenasError(f"augment.{name}: expected a number, got {v!r}")
+                raise PosenasError(f"config.augment.{name}: expected a number, got {v!r}")
             if v < lo or v > hi or (hi_open and v >= hi):
                 bound = f"[{lo}, {hi})" if hi_open else f"[{lo}, {hi}]"
-                raise PosenasError(f"augment.{name}: expected a value in {bound}, got {v}")
+                raise PosenasError(f"config.augment.{name}: expected a value in {bound}, got {v}")
 
         number("scale_factor", 0.0, 1.0, hi_open=True)
         number("rotation", 0.0, 180.0)
@@ -193,10 +193,10 @@ class AugmentConfig:
         number("colour_jitter", 0.0, 1.0, hi_open=True)
         for name in ("flip", "enabled"):
             if not isinstance(getattr(self, name), bool):
-                raise PosenasError(f"augment.{name}: expected true or false, got {getattr(self, name)!r}")
+                raise PosenasError(f"config.augment.{name}: expected true or false, got {getattr(self, name)!r}")
         n = self.half_body_min_joints
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise PosenasError(f"augment.half_body_min_joints: expected an integer >= 1, got {n!r}")
+            raise PosenasError(f"config.augment.half_body_min_joints: expected an integer >= 1, got {n!r}")
 
 
 def colour_jitter(image: np.ndarray, brightness: float, contrast: float, saturation: float) -> np.ndarray:

@@ -42,6 +42,10 @@ class DataConfig:
             raise PosenasError(f"config.data.batch_size: must be >= 1, got {self.batch_size}")
         if self.workers < 0:
             raise PosenasError(f"config.data.workers: must be >= 0, got {self.workers}")
+        if self.val_max_images is not None and self.val_max_images < 1:
+            raise PosenasError(f"config.data.val_max_images: must be >= 1 (or null for all), got {self.val_max_images}")
+        if not self.sigma > 0:
+            raise PosenasError(f"config.data.sigma: must be > 0, got {self.sigma}")
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,10 @@ class OptimConfig:
     def __post_init__(self) -> None:
         if not self.lr > 0:
             raise PosenasError(f"config.optim.lr: must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise PosenasError(f"config.optim.weight_decay: must be >= 0, got {self.weight_decay}")
+        if self.warmup_steps < 0:
+            raise PosenasError(f"config.optim.warmup_steps: must be >= 0, got {self.warmup_steps}")
 
 
 @dataclass(frozen=True)
@@ -73,6 +81,16 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.epochs < 1:
             raise PosenasError(f"config.train.epochs: must be >= 1, got {self.epochs}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise PosenasError(f"config.train.max_steps: must be >= 1 (or null), got {self.max_steps}")
+        for name in ("log_every",):
+            if getattr(self, name) < 1:
+                raise PosenasError(f"config.train.{name}: must be >= 1, got {getattr(self, name)}")
+        for name in ("val_every", "checkpoint_every"):
+            if getattr(self, name) < 0:
+                raise PosenasError(f"config.train.{name}: must be >= 0, got {getattr(self, name)}")
+        if self.threads is not None and self.threads < 1:
+            raise PosenasError(f"config.train.threads: must be >= 1 (or null), got {self.threads}")
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,10 @@ from posenas.checkpoint import model_from_checkpoint
 from posenas.data.boxes import load_detections
 from posenas.data.layout import load_dataset
 from posenas.engine.distributed import resolve_device
-from posenas.engine.predict import InstancePrediction, coco_results, pckh_records, predict_dataset, score_predictions
+from posenas.engine.predict import InstancePrediction, evaluate_model, prediction_records
 from posenas.errors import PosenasError
 from posenas.evaluation import default_metric
-from posenas.jsonio import write_json
+from posenas.jsonio import write_json, write_text
 
 
 def evaluate_checkpoint(
@@ -45,12 +45,12 @@ def evaluate_checkpoint(
             raise PosenasError(f"{boxes}: PCKh scores each GT person and needs the GT boxes; drop --boxes")
         detections = load_detections(boxes, image_ids={img.id for img in dataset.images})
     dev = resolve_device(device)
-    model = loaded.model.to(dev)
-    preds = predict_dataset(model, dataset, loaded.codec, dev, boxes=detections, flip_test=flip_test,
-                            batch_size=batch_size, workers=workers, progress=progress)
-    result, table = score_predictions(dataset, preds, metric)
+    metric, result, table, preds = evaluate_model(
+        loaded.model.to(dev), dataset, loaded.codec, dev, metric, boxes=detections, flip_test=flip_test,
+        batch_size=batch_size, workers=workers, progress=progress,
+    )
     out = Path(out)
-    write_json(out / "predictions.json", coco_results(preds) if metric == "coco" else pckh_records(preds))
+    write_json(out / "predictions.json", prediction_records(preds, metric))
     write_json(out / "metrics.json", {"metric": metric, "flip_test": flip_test, "boxes": str(boxes) if boxes else "gt", **result}, indent=2)
-    (out / "metrics.txt").write_text(table + "\n")
+    write_text(out / "metrics.txt", table + "\n")
     return metric, result, table, preds

@@ -19,7 +19,7 @@ from posenas.codecs.heatmap import HeatmapCodec, back_project, flip_back, instan
 from posenas.data.records import PoseDataset
 from posenas.data.topdown import TopDownDataset
 from posenas.data.boxes import Detection
-from posenas.evaluation import score
+from posenas.evaluation import default_metric, score
 
 
 @dataclass
@@ -111,8 +111,24 @@ def predict_dataset(
                    batch_size=batch_size, workers=workers, progress=progress)
 
 
-def score_predictions(dataset: PoseDataset, preds: list[InstancePrediction], metric: str) -> tuple[dict, str]:
-    """(result, printable table) of ``metric`` ('coco' or 'pckh') for these predictions."""
+def prediction_records(preds: list[InstancePrediction], metric: str) -> list[dict]:
+    """The predictions file of a metric: COCO results for ``coco``, PCKh records for ``pckh``."""
+    return coco_results(preds) if metric == "coco" else pckh_records(preds)
+
+
+def evaluate_model(
+    model: nn.Module,
+    dataset: PoseDataset,
+    codec: HeatmapCodec,
+    device: torch.device,
+    metric: str | None = None,
+    **predict_options,
+) -> tuple[str, dict, str, list[InstancePrediction]]:
+    """Predict ``dataset`` (options as :func:`predict_dataset`) and score it: (metric, result, table, predictions)."""
+    metric = metric or default_metric(dataset)
+    preds = predict_dataset(model, dataset, codec, device, **predict_options)
     if metric == "pckh":
-        return score(dataset, metric, {p.person_id: p.keypoints.astype(np.float64) for p in preds})
-    return score(dataset, metric, coco_results(preds))
+        result, table = score(dataset, metric, {p.person_id: p.keypoints.astype(np.float64) for p in preds})
+    else:
+        result, table = score(dataset, metric, coco_results(preds))
+    return metric, result, table, preds

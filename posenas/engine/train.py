@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -26,7 +28,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm import tqdm
 
 from posenas.arch import arch_from_json, build_model, load_arch_file, named_arch
-from posenas.checkpoint import load_checkpoint, save_checkpoint
+from posenas.checkpoint import check_heatmap_size, load_checkpoint, load_weights, save_checkpoint
 from posenas.codecs.heatmap import HeatmapCodec
 from posenas.config import to_dict, write_yaml
 from posenas.data.layout import load_dataset
@@ -34,17 +36,49 @@ from posenas.data.records import PoseDataset
 from posenas.data.topdown import TopDownDataset
 from posenas.engine.config import ExperimentConfig, ModelConfig, OptimConfig
 from posenas.engine.distributed import World, close_world, init_world
-from posenas.engine.predict import coco_results, pckh_records, predict_dataset, score_predictions
+from posenas.engine.predict import evaluate_model, prediction_records
 from posenas.errors import PosenasError
-from posenas.evaluation import default_metric
-from posenas.jsonio import write_json
+from posenas.jsonio import read_json, read_jsonl, write_json, write_text
 
 #: The metric whose increase makes a checkpoint "best", per evaluation kind.
 PRIMARY = {"coco": ("AP",), "pckh": ("PCKh@0.5", "mean")}
 
 
 class Interrupted(Exception):
-    """Raised after a clean stop (Ctrl-C or ``stop_at_step``) once the checkpoint is written."""
+    """Raised after a clean stop (Ctrl-C, SIGTERM or ``stop_at_step``) once the checkpoint is written."""
+
+
+class _StopRequest:
+    """SIGINT / SIGTERM only set a flag; the loop stops at the next step boundary.
+
+    Stopping between steps keeps the checkpoint consistent (weights, optimiser, scheduler
+    and step all agree). A second Ctrl-C raises KeyboardInterrupt at once (the last
+    checkpoint written stays the one to resume from).
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> "_StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _ignore_sigint(_worker_id: int) -> None:
+    """DataLoader workers leave Ctrl-C to the main process, which stops cleanly."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def resolve_arch(model: ModelConfig) -> Any:
@@ -52,27 +86,15 @@ def resolve_arch(model: ModelConfig) -> Any:
         return arch_from_json(model.arch, "config.model.arch")
     if model.arch_file is not None:
         return load_arch_file(model.arch_file)
-    return named_arch(model.name)
+    try:
+        return named_arch(model.name)
+    except PosenasError as e:
+        raise PosenasError(f"config.model.name: {e}") from None
 
 
 def make_codec(cfg: ExperimentConfig) -> HeatmapCodec:
     h, w = cfg.data.input_size
     return HeatmapCodec(input_size=(h, w), heatmap_size=(h // 4, w // 4), sigma=cfg.data.sigma)
-
-
-def check_output_size(model: nn.Module, codec: HeatmapCodec, device: torch.device) -> None:
-    """The model must map the input size to the codec's heatmap size (e.g. inputs divisible by 32)."""
-    with torch.no_grad():
-        was = model.training
-        model.eval()
-        out = model(torch.zeros(1, 3, *codec.input_size, device=device))
-        model.train(was)
-    if tuple(out.shape[-2:]) != tuple(codec.heatmap_size):
-        h, w = codec.input_size
-        raise PosenasError(
-            f"config.data.input_size: {h}x{w} gives {out.shape[-2]}x{out.shape[-1]} heatmaps, expected "
-            f"{codec.heatmap_size[0]}x{codec.heatmap_size[1]}; this model needs sizes divisible by 32"
-        )
 
 
 def heatmap_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -108,14 +130,15 @@ def _primary(metric: str, result: dict) -> float:
 
 
 class _Metrics:
-    """``metrics.jsonl``; on resume, lines after the checkpoint's step are dropped (they are redone)."""
+    """``metrics.jsonl``, appended by the main process; a resumed run first drops the lines
+    after its checkpoint's step (they are redone), a fresh run starts it empty."""
 
-    def __init__(self, path: Path, enabled: bool, keep_until_step: int | None):
+    def __init__(self, path: Path, enabled: bool, resume_step: int | None):
         self.path, self.enabled = path, enabled
-        if enabled and keep_until_step is not None and path.exists():
-            lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-            kept = [ln for ln in lines if json.loads(ln).get("step", 0) <= keep_until_step]
-            path.write_text("".join(k + "\n" for k in kept))
+        if not enabled:
+            return
+        kept = [r for r in read_jsonl(path) if r.get("step", 0) <= resume_step] if resume_step is not None and path.exists() else []
+        write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def write(self, **record: Any) -> None:
         if self.enabled:
@@ -123,19 +146,25 @@ class _Metrics:
                 f.write(json.dumps(record) + "\n")
 
 
-def _payload(model, arch, schema_name, codec, cfg, optimizer, scheduler, step, epoch, best, metrics) -> dict:
+def _layout(world: World, cfg: ExperimentConfig, steps_per_epoch: int) -> dict[str, int]:
+    """What ``step`` means: a resumed run must have the same (else the sample order changes)."""
+    return {"world_size": world.size, "batch_size": cfg.data.batch_size, "steps_per_epoch": steps_per_epoch}
+
+
+def _payload(model, arch, schema_name, codec, cfg, optimizer, scheduler, step, best, layout, metrics) -> dict:
     return {
         "arch": arch.to_json(),
         "schema": schema_name,
         "codec": codec.to_dict(),
         "state_dict": _unwrap(model).state_dict(),
         "config": to_dict(cfg),
+        # CPU RNG only: training draws no random numbers on the GPU (augmentation is per-sample NumPy).
         "train_state": {
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "step": step,
-            "epoch": epoch,
             "best": best,
+            "layout": layout,
             "torch_rng": torch.get_rng_state(),
         },
         "metrics": metrics,
@@ -146,11 +175,8 @@ def validate(model, cfg: ExperimentConfig, val: PoseDataset, codec: HeatmapCodec
     """Predict the val split on GT boxes; returns (metric, result, table, predictions)."""
     if cfg.data.val_max_images is not None:
         val = replace(val, images=val.images[: cfg.data.val_max_images])
-    preds = predict_dataset(_unwrap(model), val, codec, world.device, flip_test=cfg.train.flip_test,
-                            batch_size=cfg.data.batch_size * 2, workers=cfg.data.workers, progress=progress)
-    metric = default_metric(val)
-    result, table = score_predictions(val, preds, metric)
-    return metric, result, table, preds
+    return evaluate_model(_unwrap(model), val, codec, world.device, flip_test=cfg.train.flip_test,
+                          batch_size=cfg.data.batch_size * 2, workers=cfg.data.workers, progress=progress)
 
 
 def train(
@@ -162,8 +188,8 @@ def train(
 ) -> dict:
     """Train (or resume) a run; returns the final validation result.
 
-    ``stop_at_step`` simulates an interruption after that many steps (the checkpoint is
-    written and :class:`Interrupted` raised), as Ctrl-C does.
+    ``stop_at_step`` stops after that many steps as Ctrl-C does (checkpoint written,
+    :class:`Interrupted` raised) — used to test resuming.
     """
     run_dir = Path(run_dir)
     last = run_dir / "checkpoints" / "last.pt"
@@ -173,12 +199,21 @@ def train(
         raise PosenasError(f"{run_dir}: holds a run already; pass --resume to continue it or choose another --out")
     world = init_world(cfg.train.device)
     try:
-        return _train(cfg, run_dir, last, resume, progress, stop_at_step, world)
+        with _StopRequest() as stop:
+            return _train(cfg, run_dir, last, resume, progress, stop_at_step, world, stop)
     finally:
         close_world(world)
 
 
-def _train(cfg, run_dir, last, resume, progress, stop_at_step, world: World) -> dict:
+def _final_done(run_dir: Path, step: int) -> bool:
+    path = run_dir / "results.json"
+    if not path.exists():
+        return False
+    results = read_json(path)
+    return isinstance(results, dict) and results.get("steps") == step
+
+
+def _train(cfg, run_dir, last, resume, progress, stop_at_step, world: World, stop: _StopRequest) -> dict:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     arch = resolve_arch(cfg.model)
@@ -193,7 +228,7 @@ def _train(cfg, run_dir, last, resume, progress, stop_at_step, world: World) -> 
 
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     model = build_model(arch, schema.num_joints).to(world.device)
-    check_output_size(model, codec, world.device)
+    check_heatmap_size(model, codec)
     train_data = TopDownDataset(train_set, codec, cfg.augment, seed=cfg.train.seed)
     sampler = DistributedSampler(train_data, num_replicas=world.size, rank=world.rank, shuffle=True,
                                  seed=cfg.train.seed, drop_last=True)
@@ -203,6 +238,7 @@ def _train(cfg, run_dir, last, resume, progress, stop_at_step, world: World) -> 
             f"{cfg.data.root}: {len(train_data)} training instances give no full batch of {cfg.data.batch_size} "
             f"per process; lower config.data.batch_size"
         )
+    layout = _layout(world, cfg, steps_per_epoch)
     total_steps = cfg.train.epochs * steps_per_epoch
     if cfg.train.max_steps is not None:
         total_steps = min(total_steps, cfg.train.max_steps)
@@ -212,22 +248,32 @@ def _train(cfg, run_dir, last, resume, progress, stop_at_step, world: World) -> 
     step, best = 0, float("-inf")
     if resume:
         state = load_checkpoint(last)
-        _unwrap(model).load_state_dict(state["state_dict"])
-        ts = state["train_state"]
-        optimizer.load_state_dict(ts["optimizer"])
-        scheduler.load_state_dict(ts["scheduler"])
-        step, best = int(ts["step"]), float(ts["best"])
-        torch.set_rng_state(ts["torch_rng"])
+        ts = state.get("train_state")
+        if not isinstance(ts, dict):
+            raise PosenasError(f"{last}: holds no training state (a weights-only checkpoint cannot be resumed)")
+        saved = ts.get("layout", {})
+        for key, value in layout.items():
+            if saved.get(key) != value:
+                raise PosenasError(
+                    f"{last}: cannot resume with {key} {value}: the run was made with {key} {saved.get(key)} "
+                    f"(processes and batch size must match for the same sample order)"
+                )
+        load_weights(_unwrap(model), state["state_dict"], last)
+        try:
+            optimizer.load_state_dict(ts["optimizer"])
+            scheduler.load_state_dict(ts["scheduler"])
+            step, best = int(ts["step"]), float(ts["best"])
+            torch.set_rng_state(ts["torch_rng"])
+        except (KeyError, ValueError, TypeError, RuntimeError) as e:
+            raise PosenasError(f"{last}: training state does not fit this run: {str(e).splitlines()[0]}") from None
     if world.size > 1:
         model = DistributedDataParallel(model, device_ids=[world.device.index] if world.device.type == "cuda" else None)
     metrics = _Metrics(run_dir / "metrics.jsonl", world.is_main, step if resume else None)
-    if not resume and world.is_main:
-        (run_dir / "metrics.jsonl").write_text("")
 
-    def checkpoint(epoch: int, extra: dict | None = None, name: str = "last.pt") -> None:
+    def checkpoint(extra: dict | None = None, name: str = "last.pt") -> None:
         if world.is_main:
             save_checkpoint(run_dir / "checkpoints" / name,
-                            _payload(model, arch, schema.name, codec, cfg, optimizer, scheduler, step, epoch, best, extra))
+                            _payload(model, arch, schema.name, codec, cfg, optimizer, scheduler, step, best, layout, extra))
 
     def record_validation(epoch: int, final: bool) -> dict:
         nonlocal best
@@ -235,13 +281,16 @@ def _train(cfg, run_dir, last, resume, progress, stop_at_step, world: World) -> 
         metrics.write(step=step, epoch=epoch, val={"metric": metric, **result})
         if _primary(metric, result) > best:
             best = _primary(metric, result)
-            checkpoint(epoch, {"metric": metric, **result}, "best.pt")
+            checkpoint({"metric": metric, **result}, "best.pt")
         if final:
-            write_json(run_dir / "val_predictions.json", coco_results(preds) if metric == "coco" else pckh_records(preds))
-            (run_dir / "results.txt").write_text(table + "\n")
+            write_json(run_dir / "val_predictions.json", prediction_records(preds, metric))
+            write_text(run_dir / "results.txt", table + "\n")
             write_json(run_dir / "results.json", {"metric": metric, **result, "steps": step}, indent=2)
         model.train()
         return result
+
+    def stop_requested() -> bool:
+        return world.any_true(stop.requested or (stop_at_step is not None and step >= stop_at_step))
 
     bar = tqdm(total=total_steps, initial=step, desc="training", unit="step", disable=not (progress and world.is_main))
     result: dict = {}
@@ -254,7 +303,7 @@ def _train(cfg, run_dir, last, resume, progress, stop_at_step, world: World) -> 
             train_data.set_epoch(epoch)
             order = list(sampler)[done_in_epoch * cfg.data.batch_size :]
             loader = DataLoader(Subset(train_data, order), batch_size=cfg.data.batch_size, drop_last=True,
-                                num_workers=cfg.data.workers, shuffle=False)
+                                num_workers=cfg.data.workers, shuffle=False, worker_init_fn=_ignore_sigint)
             for batch in loader:
                 images = batch["image"].to(world.device, non_blocking=True)
                 target = batch["target"].to(world.device, non_blocking=True)
@@ -277,25 +326,22 @@ def _train(cfg, run_dir, last, resume, progress, stop_at_step, world: World) -> 
                                   seconds=round(time.perf_counter() - started, 2))
                     bar.set_postfix(loss=f"{loss.item():.2e}", lr=f"{lr:.1e}")
                 if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0:
-                    checkpoint(epoch)
-                if stop_at_step is not None and step >= stop_at_step:
-                    raise KeyboardInterrupt
-                if step >= total_steps:
+                    checkpoint()
+                if step >= total_steps or stop_requested():
                     break
-            due = cfg.train.val_every and (epoch + 1) % cfg.train.val_every == 0
-            if world.is_main and due and step < total_steps:
-                record_validation(epoch, final=False)
-            world.barrier()
-            checkpoint(epoch)
-        # The final validation runs after the loop, so that a run interrupted during it
-        # (its last checkpoint already at total_steps) does it on --resume.
-        if world.is_main and not (run_dir / "results.json").exists():
+            if step % steps_per_epoch == 0 or step >= total_steps:
+                due = cfg.train.val_every and (epoch + 1) % cfg.train.val_every == 0
+                if world.is_main and due and step < total_steps:
+                    record_validation(epoch, final=False)
+                world.barrier()
+            checkpoint()
+            if step < total_steps and stop_requested():
+                raise Interrupted(f"stopped at step {step}; checkpoint written, continue with --resume --out {run_dir}")
+        # The final validation runs after the loop, so that a run stopped during it (its
+        # last checkpoint already at total_steps) does it on --resume.
+        if world.is_main and not _final_done(run_dir, step):
             result = record_validation((step - 1) // steps_per_epoch, final=True)
         world.barrier()
-    except KeyboardInterrupt:
-        checkpoint(step // steps_per_epoch)
-        world.barrier()
-        raise Interrupted(f"interrupted at step {step}; checkpoint written, continue with --resume --out {run_dir}")
     finally:
         bar.close()
     return result
