@@ -11,7 +11,6 @@ interrupted benchmark continues where it stopped, and finished models are not re
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -24,6 +23,7 @@ from posenas.config import load_config
 from posenas.engine.config import ExperimentConfig
 from posenas.engine.evaluate import evaluate_checkpoint
 from posenas.engine.train import train
+from posenas.jsonio import read_json, write_json
 from posenas.synthetic.generate import default_spec, synthesize
 
 MODELS = ("simplebaseline-small", "simplebaseline-mobilenetv2", "simplebaseline-resnet18")
@@ -58,13 +58,13 @@ def main() -> None:
         if not (run / "results.json").exists():
             start = time.perf_counter()
             train(cfg, run, resume=(run / "checkpoints" / "last.pt").exists())
-            previous = json.loads(timing.read_text())["seconds"] if timing.exists() else 0.0
-            timing.write_text(json.dumps({"seconds": previous + time.perf_counter() - start}))
+            previous = read_json(timing)["seconds"] if timing.exists() else 0.0
+            write_json(timing, {"seconds": previous + time.perf_counter() - start})
         _, stats, _, _ = evaluate_checkpoint(run / "checkpoints" / "last.pt", args.data, run / "eval", flip_test=True,
                                              progress=False)
         params = sum(p.numel() for p in build_model(named_arch(name), 17).parameters())
         rows.append((name, params / 1e6, macs(name, cfg.data.input_size) / 1e9,
-                     json.loads(timing.read_text())["seconds"] / 60 if timing.exists() else float("nan"), stats))
+                     read_json(timing)["seconds"] / 60 if timing.exists() else float("nan"), stats))
     print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; "
           f"{args.steps} steps of batch 32 at 128x96; val: GT boxes, flip test")
     print("\n| model | params (M) | GMACs | train min | AP | AP50 | AP75 | AR |")

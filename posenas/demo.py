@@ -16,6 +16,7 @@ from posenas.data.layout import load_dataset
 from posenas.engine.config import ExperimentConfig
 from posenas.engine.evaluate import evaluate_checkpoint
 from posenas.engine.train import train
+from posenas.jsonio import write_text
 from posenas.report import draw_predictions, plot_training
 from posenas.synthetic.generate import default_spec, synthesize
 from posenas.visualize import show_dataset
@@ -40,7 +41,7 @@ def run_demo(out: Path, data: Path, config: Path) -> dict:
     cfg = load_config(ExperimentConfig, config, [f"data.root={root}"])
     _step(f"training {cfg.model.name if cfg.model.arch is None else 'model'} from {config} into {run}")
     if (run / "results.json").exists():
-        print("already trained (delete the run folder to train again)")
+        print("already trained (delete the run folder to train again)")  # results.json: final validation done
     else:
         train(cfg, run, resume=(run / "checkpoints" / "last.pt").exists())
 
@@ -62,6 +63,6 @@ def run_demo(out: Path, data: Path, config: Path) -> dict:
         f"Ground-truth examples: `examples/ground_truth/`. Predictions: `eval/predictions.json`. "
         f"Checkpoints: `train/checkpoints/`.", "",
     ]
-    (out / "report.md").write_text("\n".join(lines))
+    write_text(out / "report.md", "\n".join(lines))
     _step(f"done: report in {out / 'report.md'}")
     return {"metric": metric, **result}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,16 @@ def image_inputs(inputs: list[str | Path]) -> list[Path]:
     return paths
 
 
+def _input_names(paths: list[Path]) -> dict[str, int]:
+    """How a detections file may name an input: its path as given, or its base name when that is unique."""
+    names = {str(p): i for i, p in enumerate(paths)}
+    repeated = Counter(p.name for p in paths)
+    for i, p in enumerate(paths):
+        if repeated[p.name] == 1:
+            names.setdefault(p.name, i)
+    return names
+
+
 def run_inference(
     checkpoint: str | Path,
     inputs: list[str | Path],
@@ -54,8 +65,7 @@ def run_inference(
                for (i, a), p in zip(arrays.items(), paths)]
     dataset = PoseDataset("coco", loaded.schema, Path("/"), records, Path(str(inputs[0])))
     if boxes is not None:
-        names = {str(p): i for i, p in enumerate(paths)} | {p.name: i for i, p in enumerate(paths)}
-        detections = load_detections(boxes, names=names)
+        detections = load_detections(boxes, names=_input_names(paths))
     else:
         detections = [(r.id, np.array([0, 0, r.width, r.height], np.float32), 1.0) for r in records]
     dev = resolve_device(device)

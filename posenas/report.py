@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib
@@ -13,19 +12,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 from posenas.data.images import encode_jpeg, read_image  # noqa: E402
 from posenas.data.records import PoseDataset  # noqa: E402
 from posenas.engine.predict import InstancePrediction  # noqa: E402
-from posenas.jsonio import write_bytes  # noqa: E402
+from posenas.jsonio import read_jsonl, write_bytes  # noqa: E402
 from posenas.visualize import draw_person, output_name  # noqa: E402
 
 PRIMARY_KEYS = {"coco": "AP", "pckh": "PCKh@0.5"}
 
 
-def read_metrics(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def plot_training(metrics_path: Path, out: Path) -> Path:
     """Loss against step (log scale) and the validation metric against step, one figure."""
-    rows = read_metrics(metrics_path)
+    rows = read_jsonl(metrics_path)
     train = [r for r in rows if "loss" in r]
     val = [r for r in rows if "val" in r]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)

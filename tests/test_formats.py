@@ -135,3 +135,17 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     assert err.count("\n") == 0 and err.startswith("posenas: error: ") and "field 'keypoints'" in err
     assert main(["data", "check", str(tmp_path / "nope")]) == 2
     assert "no such file or folder" in capsys.readouterr().err
+
+
+def test_mpii_files_are_one_based_with_hrnet_centre(tmp_path):
+    """Real MPII JSON (HRNet/MMPose) counts pixels from 1 and puts the centre high."""
+    rec = {"id": 7, "image": "a.jpg", "center": [50.0, 60.0], "scale": 2.0,
+           "joints": [[10.0, 20.0]] + [[-1.0, -1.0]] * 15, "joints_vis": [1] + [0] * 15,
+           "headbox": [31.0, 11.0, 61.0, 41.0]}
+    (tmp_path / "mpii_val.json").write_text(json.dumps([rec]))
+    person = load_dataset(tmp_path / "mpii_val.json").images[0].people[0]
+    np.testing.assert_allclose(person.keypoints[0], [9.0, 19.0, 2.0])
+    np.testing.assert_allclose(person.center, [49.0, 59.0 + 15 * 2.0])
+    np.testing.assert_allclose(person.head_box, [30.0, 10.0, 60.0, 40.0])
+    x, y, w, h = person.box()
+    assert h == 400.0 and y == pytest.approx(89.0 - 200.0)

@@ -43,7 +43,8 @@ def load_detections(path: str | Path, image_ids: set[int] | None = None, names: 
             name = as_str(rec["image"], "image", where)
             image_id = names.get(name, names.get(Path(name).name))
             if image_id is None:
-                raise where.error("image", f"{name!r} is not one of the input images")
+                raise where.error("image", f"{name!r} is not one of the input images "
+                                           "(name it by its path as given when base names repeat)")
         elif "image_id" in rec:
             image_id = as_int(rec["image_id"], "image_id", where)
             known = image_ids if image_ids is not None else set((names or {}).values())

@@ -67,8 +67,8 @@ def as_number(value: Any, field: str, where: Where) -> float:
     return float(value)
 
 
-def as_numbers(value: Any, field: str, where: Where, count: int, what: str | None = None) -> np.ndarray:
-    """A flat list of exactly ``count`` finite numbers, as float32."""
+def as_numbers(value: Any, field: str, where: Where, count: int, what: str | None = None, dtype=np.float32) -> np.ndarray:
+    """A flat list of exactly ``count`` finite numbers (float32 unless ``dtype`` says otherwise)."""
     expected = what or f"{count} numbers"
     if not isinstance(value, list):
         raise where.error(field, f"expected a list of {expected}, got {type(value).__name__}")
@@ -77,7 +77,7 @@ def as_numbers(value: Any, field: str, where: Where, count: int, what: str | Non
     for v in value:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             raise where.error(field, f"expected {expected}, found {v!r}")
-    return np.asarray(value, dtype=np.float32)
+    return np.asarray(value, dtype=dtype)
 
 
 def as_box(value: Any, field: str, where: Where) -> np.ndarray:

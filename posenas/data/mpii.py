@@ -1,8 +1,12 @@
 """MPII-style single-person JSON (the layout MMPose and HRNet use): one record per person.
 
 A record is ``{"id", "image", "center": [x, y], "scale": s, "joints": [[x, y] × 16],
-"joints_vis": [0/1 × 16], "headbox": [x1, y1, x2, y2]}`` with 0-based pixel coordinates;
-``scale`` is the person height / 200. ``joints_vis`` is MPII's "labelled" flag (occluded
+"joints_vis": [0/1 × 16], "headbox": [x1, y1, x2, y2]}``; ``scale`` is the person height
+/ 200. Coordinates in the file are MPII's MATLAB 1-based ones (as in the HRNet / MMPose
+JSON release); records are 0-based like every other format, so the reader subtracts 1
+and the writer adds it back. MPII's annotated centre sits high on the body; as HRNet and
+MMPose do, the reader moves it down by 15 × scale px (the writer undoes it), so that
+:meth:`Person.box` (height 200 × scale) covers the person. ``joints_vis`` is MPII's "labelled" flag (occluded
 joints are labelled). We add an optional ``joints_occluded`` (0/1) so that our synthetic
 data keeps its honest occlusion labels; readers that do not know it ignore it.
 Records of the same ``image`` become one :class:`ImageRecord` with several people.
@@ -29,6 +33,11 @@ from posenas.data.records import ImageRecord, Person, PoseDataset
 from posenas.errors import PosenasError
 from posenas.keypoints import MPII16
 
+#: MPII files count pixels from 1 (MATLAB); records from 0.
+ONE_BASED = 1.0
+#: HRNet / MMPose move MPII's centre down by this many × scale pixels.
+CENTRE_SHIFT = 15.0
+
 
 def _flags(rec: dict, field: str, where: Where, k: int) -> np.ndarray:
     values = as_numbers(rec[field], field, where, k, f"{k} flags")
@@ -47,25 +56,27 @@ def parse_record(rec: Any, where: Where, k: int) -> tuple[str, Person]:
     if not isinstance(joints, list) or len(joints) != k or any(not isinstance(j, list) or len(j) != 2 for j in joints):
         n = len(joints) if isinstance(joints, list) else type(joints).__name__
         raise where.error("joints", f"expected {k} [x, y] pairs, got {n}")
-    xy = as_numbers([c for j in joints for c in j], "joints", where, 2 * k).reshape(k, 2)
+    xy = as_numbers([c for j in joints for c in j], "joints", where, 2 * k, dtype=np.float64).reshape(k, 2)
     require(rec, "joints_vis", where)
     labelled = _flags(rec, "joints_vis", where, k)
     vis = np.where(labelled > 0, 2.0, 0.0).astype(np.float32)
     if rec.get("joints_occluded") is not None:
         occluded = _flags(rec, "joints_occluded", where, k)
         vis[(labelled > 0) & (occluded > 0)] = 1.0
-    kp = np.concatenate([xy, vis[:, None]], axis=1).astype(np.float32)
+    kp = np.concatenate([xy - ONE_BASED, vis[:, None]], axis=1).astype(np.float32)
     kp[vis == 0, :2] = 0.0
     person = Person(id=record_id, keypoints=kp)
-    person.center = as_numbers(require(rec, "center", where), "center", where, 2)
     person.scale = as_number(require(rec, "scale", where), "scale", where)
     if person.scale <= 0:
         raise where.error("scale", f"must be > 0, got {person.scale:g}")
+    center = as_numbers(require(rec, "center", where), "center", where, 2, dtype=np.float64) - ONE_BASED
+    center[1] += CENTRE_SHIFT * person.scale
+    person.center = center.astype(np.float32)
     if rec.get("headbox") is not None:
-        box = as_numbers(rec["headbox"], "headbox", where, 4)
+        box = as_numbers(rec["headbox"], "headbox", where, 4, dtype=np.float64)
         if box[2] <= box[0] or box[3] <= box[1]:
             raise where.error("headbox", f"negative or zero-size box {rec['headbox']} (need x2 > x1, y2 > y1)")
-        person.head_box = box
+        person.head_box = (box - ONE_BASED).astype(np.float32)
     return image, person
 
 
@@ -96,16 +107,20 @@ def to_mpii_records(dataset: PoseDataset) -> list[dict]:
             else:
                 x, y, w, h = p.box()
                 center, scale = np.array([x + w / 2, y + h / 2]), max(float(h), 1e-3) / 200.0
+            scale = round(float(scale), 4)
+            file_center = np.asarray(center, dtype=np.float64) + ONE_BASED
+            file_center[1] -= CENTRE_SHIFT * scale
             rec = {
                 "id": p.id,
                 "image": img.file_name,
-                "center": [round(float(c), 2) for c in center],
-                "scale": round(float(scale), 4),
-                "joints": [[round(float(x), 2), round(float(y), 2)] if ok else [-1.0, -1.0] for (x, y), ok in zip(kp[:, :2], labelled)],
+                "center": [round(float(c), 2) for c in file_center],
+                "scale": scale,
+                "joints": [[round(float(x) + ONE_BASED, 2), round(float(y) + ONE_BASED, 2)] if ok else [-1.0, -1.0]
+                           for (x, y), ok in zip(kp[:, :2], labelled)],
                 "joints_vis": labelled.astype(int).tolist(),
                 "joints_occluded": (kp[:, 2] == 1).astype(int).tolist(),
             }
             if p.head_box is not None:
-                rec["headbox"] = [round(float(c), 2) for c in p.head_box]
+                rec["headbox"] = [round(float(c) + ONE_BASED, 2) for c in p.head_box]
             out.append(rec)
     return out

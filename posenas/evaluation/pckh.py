@@ -1,6 +1,6 @@
 """PCKh, as the MPII human-pose benchmark defines it.
 
-* Every (non-crowd) :class:`~posenas.data.records.Person` of the dataset is one record,
+* Every non-crowd :class:`~posenas.data.records.Person` with at least one labelled joint is one record,
   identified by ``Person.id`` (for MPII, the people of each image record are its records).
 * Head size = 0.6 × the diagonal of the person's head box ``x1, y1, x2, y2`` (the
   benchmark's ``SC_BIAS``).
@@ -63,7 +63,8 @@ def _records(dataset: PoseDataset) -> list[Person]:
         raise PosenasError(
             f"{dataset.source}: PCKh needs the joints {', '.join(missing)}, which schema {schema.name} does not have"
         )
-    people = [(img, p) for img in dataset.images for p in img.people if not p.iscrowd]
+    # people with no labelled joint add nothing to any count (and top-down runs skip them)
+    people = [(img, p) for img in dataset.images for p in img.people if not p.iscrowd and p.num_labelled > 0]
     if not people:
         raise PosenasError(f"{dataset.source}: no people to evaluate PCKh on")
     without = [(img, p) for img, p in people if p.head_box is None]

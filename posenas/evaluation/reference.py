@@ -13,7 +13,7 @@ from posenas.data.records import PoseDataset
 
 
 def jittered_keypoints(dataset: PoseDataset, noise: float = 0.5, seed: int = 0) -> list[tuple[int, int, np.ndarray]]:
-    """``(image_id, person_id, keypoints (K, 3) with a score)`` per non-crowd person, GT moved by Gaussian noise.
+    """``(image_id, person_id, keypoints (K, 3) with a score)`` per instance (non-crowd, ≥ 1 labelled joint), GT moved by Gaussian noise.
 
     Per axis the displacement has std ``noise × 2σ_j × sqrt(w·h)`` of the person box.
     Unlabelled joints are put at the box centre with a low score.
@@ -21,8 +21,7 @@ def jittered_keypoints(dataset: PoseDataset, noise: float = 0.5, seed: int = 0) 
     rng = np.random.default_rng(seed)
     k = 2.0 * np.asarray(dataset.schema.sigmas, dtype=np.float64)
     out = []
-    people = [(img, p) for img in dataset.images for p in img.people if not p.iscrowd]
-    for img, person in people:
+    for img, person in dataset.instances():
         x, y, w, h = person.box()
         scale = float(np.sqrt(max(w * h, 1.0)))
         kp = person.keypoints.astype(np.float64)

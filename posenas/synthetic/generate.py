@@ -32,7 +32,7 @@ from posenas.keypoints import COCO17, MPII16, POSETRACK18, KeypointSchema
 from posenas.synthetic.scene import CANONICAL_JOINTS, RenderedImage, RenderedPerson, SceneConfig, render_image, render_video
 
 #: Bump when the renderer or the writers change what a seed produces.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: MPII files are 1-based with HRNet's centre, like the real release
 
 SCHEMA_OF_FORMAT: dict[str, KeypointSchema] = {"coco": COCO17, "mpii": MPII16, "posetrack": POSETRACK18}
 
@@ -183,7 +183,8 @@ def synthesize(
     manifest_path = out / "manifest.json"
     wanted = asdict(spec)
     if out.exists():
-        existing = read_json(manifest_path).get("spec") if manifest_path.exists() else None
+        manifest = read_json(manifest_path) if manifest_path.exists() else None
+        existing = manifest.get("spec") if isinstance(manifest, dict) else None
         if existing == wanted:
             return read_json(manifest_path)
         if not overwrite:
@@ -208,7 +209,12 @@ def synthesize(
     # Timing stays out of the manifest: the files must be byte-identical for a seed.
     manifest = {"generator": "posenas synthetic people", "spec": wanted, "counts": counts}
     write_json(partial / "manifest.json", manifest, indent=2)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(partial, out)
+    if out.exists():  # move the old dataset aside first: an interruption never leaves neither
+        old = out.parent / f".{out.name}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
+        os.replace(partial, out)
+        shutil.rmtree(old)
+    else:
+        os.replace(partial, out)
     return {**manifest, "seconds": round(seconds, 2), "images_per_second": round(frames / seconds, 1), "workers": workers}
