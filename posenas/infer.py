@@ -12,10 +12,10 @@ from posenas.data.boxes import load_detections
 from posenas.data.images import encode_jpeg, read_image
 from posenas.data.records import ImageRecord, PoseDataset
 from posenas.engine.distributed import resolve_device
-from posenas.engine.predict import predict_dataset
+from posenas.engine.predict import by_image, predict_dataset
 from posenas.errors import PosenasError
 from posenas.jsonio import write_bytes, write_json
-from posenas.visualize import draw_person
+from posenas.visualize import draw_predictions
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -72,15 +72,12 @@ def run_inference(
     preds = predict_dataset(loaded.model.to(dev), dataset, loaded.codec, dev, boxes=detections,
                             flip_test=flip_test, progress=progress)
     out = Path(out)
-    by_image: dict[int, list] = {}
-    for p in preds:
-        by_image.setdefault(p.image_id, []).append(p)
+    grouped = by_image(preds)
     results = []
     for i, path in enumerate(paths):
-        canvas = arrays[i].copy()
-        for p in by_image.get(i, []):
-            draw_person(canvas, p.keypoints, loaded.schema, box=p.box, label=f"{p.score:.2f}",
-                        min_score=min_score, show_scores=True)
+        people = grouped.get(i, [])
+        canvas = draw_predictions(arrays[i].copy(), ((p.keypoints, p.box, p.score) for p in people), loaded.schema, min_score)
+        for p in people:
             results.append({
                 "image": str(path), "image_id": i, "bbox": [round(float(v), 2) for v in p.box],
                 "score": round(p.score, 4),

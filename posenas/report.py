@@ -11,12 +11,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from posenas.data.images import encode_jpeg, read_image  # noqa: E402
 from posenas.data.records import PoseDataset  # noqa: E402
-from posenas.engine.predict import InstancePrediction  # noqa: E402
+from posenas.engine.predict import PRIMARY_METRIC, InstancePrediction, by_image, primary_value  # noqa: E402
 from posenas.jsonio import read_jsonl, write_bytes  # noqa: E402
-from posenas.visualize import draw_person, output_name  # noqa: E402
-
-PRIMARY_KEYS = {"coco": "AP", "pckh": "PCKh@0.5"}
-
+from posenas.visualize import draw_predictions as draw_on, output_name  # noqa: E402
 
 def plot_training(metrics_path: Path, out: Path) -> Path:
     """Loss against step (log scale) and the validation metric against step, one figure."""
@@ -30,11 +27,11 @@ def plot_training(metrics_path: Path, out: Path) -> Path:
     ax.set_ylabel("heatmap MSE loss", color="tab:blue")
     if val:
         metric = val[0]["val"]["metric"]
-        key = PRIMARY_KEYS[metric]
-        values = [r["val"][key]["mean"] if metric == "pckh" else r["val"][key] for r in val]
+        name = PRIMARY_METRIC[metric][1]
+        values = [primary_value(metric, r["val"]) for r in val]
         ax2 = ax.twinx()
-        ax2.plot([r["step"] for r in val], values, "o-", color="tab:red", label=f"val {key}")
-        ax2.set_ylabel(f"val {key}", color="tab:red")
+        ax2.plot([r["step"] for r in val], values, "o-", color="tab:red", label=f"val {name}")
+        ax2.set_ylabel(f"val {name}", color="tab:red")
     ax.set_title("training curve")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -46,16 +43,13 @@ def plot_training(metrics_path: Path, out: Path) -> Path:
 def draw_predictions(dataset: PoseDataset, preds: list[InstancePrediction], out: Path, limit: int = 8,
                      min_score: float = 0.2) -> list[Path]:
     """Draw the predictions of the first ``limit`` images that have any."""
-    by_image: dict[int, list[InstancePrediction]] = {}
-    for p in preds:
-        by_image.setdefault(p.image_id, []).append(p)
+    grouped = by_image(preds)
     written = []
     for img in dataset.images:
-        if img.id not in by_image:
+        if img.id not in grouped:
             continue
         canvas = read_image(dataset.image_path(img))
-        for p in by_image[img.id]:
-            draw_person(canvas, p.keypoints, dataset.schema, label=f"{p.score:.2f}", min_score=min_score, show_scores=True)
+        draw_on(canvas, ((p.keypoints, None, p.score) for p in grouped[img.id]), dataset.schema, min_score)
         target = out / output_name(img.file_name)
         write_bytes(target, encode_jpeg(canvas))
         written.append(target)

@@ -64,6 +64,13 @@ def draw_person(
     return canvas
 
 
+def draw_predictions(canvas: np.ndarray, instances, schema: KeypointSchema, min_score: float = 0.2) -> np.ndarray:
+    """Draw predicted people in place: ``instances`` yields (keypoints (K, 3) with scores, box or None, score)."""
+    for keypoints, box, score in instances:
+        draw_person(canvas, keypoints, schema, box=box, label=f"{score:.2f}", min_score=min_score, show_scores=True)
+    return canvas
+
+
 def output_name(file_name: str) -> str:
     """A flat output file name for an image path (videos keep their folder as a prefix)."""
     return Path(file_name).with_suffix(".jpg").as_posix().replace("/", "__")

@@ -22,6 +22,18 @@ from posenas.data.boxes import Detection
 from posenas.evaluation import default_metric, score
 
 
+#: The number that ranks models, per metric: its path in the result dict and its name.
+PRIMARY_METRIC = {"coco": (("AP",), "AP"), "pckh": (("PCKh@0.5", "mean"), "PCKh@0.5 mean")}
+
+
+def primary_value(metric: str, result: dict) -> float:
+    """The ranking number of a result (-inf when undefined), e.g. AP for COCO."""
+    value = result
+    for key in PRIMARY_METRIC[metric][0]:
+        value = value[key]
+    return float(value) if value is not None else float("-inf")
+
+
 @dataclass
 class InstancePrediction:
     """One person: keypoints ``(K, 3)`` as ``x, y, score`` in image pixels, the instance score, the input box."""
@@ -72,6 +84,14 @@ def predict(
             kp = np.concatenate([image_xy[i], maxvals[i][:, None]], axis=1).astype(np.float32)
             out.append(InstancePrediction(int(batch["image_id"][i]), int(batch["person_id"][i]), kp, float(scores[i]), boxes[i]))
     model.train(was_training)
+    return out
+
+
+def by_image(preds: list[InstancePrediction]) -> dict[int, list[InstancePrediction]]:
+    """Predictions grouped by image id, in their order."""
+    out: dict[int, list[InstancePrediction]] = {}
+    for p in preds:
+        out.setdefault(p.image_id, []).append(p)
     return out
 
 

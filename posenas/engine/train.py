@@ -36,13 +36,9 @@ from posenas.data.records import PoseDataset
 from posenas.data.topdown import TopDownDataset
 from posenas.engine.config import ExperimentConfig, ModelConfig, OptimConfig
 from posenas.engine.distributed import World, close_world, init_world
-from posenas.engine.predict import evaluate_model, prediction_records
+from posenas.engine.predict import evaluate_model, prediction_records, primary_value
 from posenas.errors import PosenasError
 from posenas.jsonio import read_json, read_jsonl, write_json, write_text
-
-#: The metric whose increase makes a checkpoint "best", per evaluation kind.
-PRIMARY = {"coco": ("AP",), "pckh": ("PCKh@0.5", "mean")}
-
 
 class Interrupted(Exception):
     """Raised after a clean stop (Ctrl-C, SIGTERM or ``stop_at_step``) once the checkpoint is written."""
@@ -120,13 +116,6 @@ def lr_lambda(optim: OptimConfig, steps_per_epoch: int, total_steps: int):
 
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, DistributedDataParallel) else model
-
-
-def _primary(metric: str, result: dict) -> float:
-    value: Any = result
-    for key in PRIMARY[metric]:
-        value = value[key]
-    return float(value) if value is not None else float("-inf")
 
 
 class _Metrics:
@@ -279,8 +268,8 @@ def _train(cfg, run_dir, last, resume, progress, stop_at_step, world: World, sto
         nonlocal best
         metric, result, table, preds = validate(model, cfg, val_set, codec, world, progress)
         metrics.write(step=step, epoch=epoch, val={"metric": metric, **result})
-        if _primary(metric, result) > best:
-            best = _primary(metric, result)
+        if primary_value(metric, result) > best:  # "best" = highest AP (COCO) or PCKh@0.5 mean
+            best = primary_value(metric, result)
             checkpoint({"metric": metric, **result}, "best.pt")
         if final:
             write_json(run_dir / "val_predictions.json", prediction_records(preds, metric))
