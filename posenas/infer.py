@@ -60,9 +60,11 @@ def run_inference(
     """Predict every person box (the whole image when no boxes are given); returns the JSON records."""
     loaded = model_from_checkpoint(checkpoint)
     paths = image_inputs(inputs)
-    arrays = {i: read_image(p) for i, p in enumerate(paths)}  # decode first: a bad image fails before any output
-    records = [ImageRecord(id=i, file_name=str(p.resolve()), width=a.shape[1], height=a.shape[0])
-               for (i, a), p in zip(arrays.items(), paths)]
+    # Decode every input before writing anything (a bad image fails with no output); keep
+    # only the sizes, so a long folder of frames does not sit in memory.
+    sizes = [read_image(p).shape[:2] for p in paths]
+    records = [ImageRecord(id=i, file_name=str(p.resolve()), width=w, height=h)
+               for i, (p, (h, w)) in enumerate(zip(paths, sizes))]
     dataset = PoseDataset("coco", loaded.schema, Path("/"), records, Path(str(inputs[0])))
     if boxes is not None:
         detections = load_detections(boxes, names=_input_names(paths))
@@ -76,7 +78,7 @@ def run_inference(
     results = []
     for i, path in enumerate(paths):
         people = grouped.get(i, [])
-        canvas = draw_predictions(arrays[i].copy(), ((p.keypoints, p.box, p.score) for p in people), loaded.schema, min_score)
+        canvas = draw_predictions(read_image(path), ((p.keypoints, p.box, p.score) for p in people), loaded.schema, min_score)
         for p in people:
             results.append({
                 "image": str(path), "image_id": i, "bbox": [round(float(v), 2) for v in p.box],
