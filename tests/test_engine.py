@@ -263,3 +263,18 @@ def test_bad_config_values_name_file_and_key(tmp_path):
         with pytest.raises(PosenasError, match=message) as e:
             load_config(ExperimentConfig, path)
         assert str(e.value).startswith(str(path))
+
+
+def test_flip_test_in_one_pass_equals_two_passes():
+    from posenas.arch import build_model, arch_from_json
+    from posenas.codecs.heatmap import flip_back
+    from posenas.engine.predict import heatmaps_with_flip
+    from posenas.keypoints import COCO17
+
+    torch.manual_seed(0)
+    model = build_model(arch_from_json(TINY_ARCH), 17).eval()
+    x = torch.randn(3, 3, 96, 64)
+    with torch.no_grad():
+        two = (model(x) + flip_back(model(torch.flip(x, dims=[3])), COCO17.flip_index)) * 0.5
+        one = heatmaps_with_flip(model, x, COCO17.flip_index, flip_test=True)
+    torch.testing.assert_close(one, two, rtol=1e-5, atol=1e-6)

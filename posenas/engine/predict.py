@@ -47,11 +47,12 @@ class InstancePrediction:
 
 def heatmaps_with_flip(model: nn.Module, images: torch.Tensor, flip_index: tuple[int, ...], flip_test: bool) -> torch.Tensor:
     """The model's heatmaps, averaged with those of the mirrored input when ``flip_test``."""
-    heatmaps = model(images)
-    if flip_test:
-        mirrored = model(torch.flip(images, dims=[3]))
-        heatmaps = (heatmaps + flip_back(mirrored, flip_index)) * 0.5
-    return heatmaps
+    if not flip_test:
+        return model(images)
+    # one forward pass over both (eval mode: the halves do not affect each other)
+    both = model(torch.cat([images, torch.flip(images, dims=[3])]))
+    heatmaps, mirrored = both[: len(images)], both[len(images) :]
+    return (heatmaps + flip_back(mirrored, flip_index)) * 0.5
 
 
 @torch.no_grad()
