@@ -7,6 +7,7 @@ Every reader goes through these, so every malformed file gets the same kind of m
 from __future__ import annotations
 
 import math
+from numbers import Real
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,11 @@ def as_str(value: Any, field: str, where: Where) -> str:
     if not isinstance(value, str) or not value:
         raise where.error(field, f"expected a non-empty string, got {value!r}")
     return value
+
+
+def is_number(value: Any) -> bool:
+    """A JSON number (bool is not one)."""
+    return isinstance(value, Real) and not isinstance(value, bool)
 
 
 def as_number(value: Any, field: str, where: Where) -> float:

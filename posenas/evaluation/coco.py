@@ -40,12 +40,12 @@ import copy
 import io
 import math
 import os
-from numbers import Real
 from typing import Any
 
 import numpy as np
 
 from posenas.data.coco import PERSON_CATEGORY_ID, annotation_dict, category, image_dict
+from posenas.data.fields import check_unique, is_number
 from posenas.data.records import ImageRecord, PoseDataset
 from posenas.errors import PosenasError
 from posenas.jsonio import read_json
@@ -74,14 +74,6 @@ def _evaluated_images(dataset: PoseDataset) -> list[ImageRecord]:
     return [img for img in dataset.images if img.is_labeled]
 
 
-def _check_unique_image_ids(dataset: PoseDataset) -> None:
-    seen: set[int] = set()
-    for img in dataset.images:
-        if img.id in seen:
-            raise PosenasError(f"{dataset.source}: image id {img.id} occurs more than once")
-        seen.add(img.id)
-
-
 def coco_ground_truth(dataset: PoseDataset) -> dict:
     """The dataset as a COCO keypoint ground-truth dict (``images``, ``annotations``, ``categories``).
 
@@ -93,7 +85,7 @@ def coco_ground_truth(dataset: PoseDataset) -> dict:
     as 1-based index pairs, COCO's convention. All values are plain Python types, so the
     dict can be written with ``json.dump``.
     """
-    _check_unique_image_ids(dataset)
+    check_unique([img.id for img in dataset.images], dataset.source, "images")
     images = _evaluated_images(dataset)
     for img in images:
         for person in img.people:
@@ -112,10 +104,6 @@ def coco_ground_truth(dataset: PoseDataset) -> dict:
         "annotations": annotations,
         "categories": [category(dataset.schema)],
     }
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, Real) and not isinstance(v, bool)
 
 
 def _validate_predictions(items: Any, dataset: PoseDataset, where: str) -> list[dict]:
@@ -155,13 +143,13 @@ def _validate_predictions(items: Any, dataset: PoseDataset, where: str) -> list[
                 f"(x, y, score for the {k} joints of schema {schema.name})"
             )
         for j, v in enumerate(kps):
-            if not _is_number(v) or not math.isfinite(v):
+            if not is_number(v) or not math.isfinite(v):
                 raise PosenasError(
                     f"{rec}: field 'keypoints'[{j}] (joint {j // 3} {schema.joints[j // 3]}, "
                     f"{'xys'[j % 3]}) must be a finite number, got {v!r}"
                 )
         score = item["score"]
-        if not _is_number(score) or not math.isfinite(score):
+        if not is_number(score) or not math.isfinite(score):
             raise PosenasError(f"{rec}: field 'score' must be a finite number, got {score!r}")
         out.append(
             {

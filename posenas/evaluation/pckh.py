@@ -30,11 +30,11 @@ from __future__ import annotations
 
 import math
 import os
-from numbers import Real
 from typing import Any
 
 import numpy as np
 
+from posenas.data.fields import is_number
 from posenas.data.records import Person, PoseDataset
 from posenas.errors import PosenasError
 from posenas.jsonio import read_json
@@ -105,10 +105,6 @@ def _head_size(box: np.ndarray) -> float:
     return SC_BIAS * math.hypot(x2 - x1, y2 - y1)
 
 
-def _is_number(v: Any) -> bool:
-    return isinstance(v, Real) and not isinstance(v, bool)
-
-
 def load_pckh_predictions(path: str | os.PathLike, dataset: PoseDataset) -> dict[int, np.ndarray]:
     """Read PCKh predictions: a JSON list of ``{"id": record id, "keypoints": [[x, y, score], ...]}``.
 
@@ -156,7 +152,7 @@ def load_pckh_predictions(path: str | os.PathLike, dataset: PoseDataset) -> dict
             if not isinstance(entry, list) or len(entry) not in (2, 3):
                 raise PosenasError(f"{rec}: {field} must be [x, y, score] or [x, y], got {entry!r}")
             for v in entry:
-                if not _is_number(v) or not math.isfinite(v):
+                if not is_number(v) or not math.isfinite(v):
                     raise PosenasError(f"{rec}: {field} must hold finite numbers, got {entry!r}")
             arr[j, : len(entry)] = entry
         out[rid] = arr
@@ -188,7 +184,7 @@ def pckh(
     k = schema.num_joints
     records = _records(dataset)
     for t in thresholds:
-        if not _is_number(t) or not math.isfinite(t) or t <= 0:
+        if not is_number(t) or not math.isfinite(t) or t <= 0:
             raise PosenasError(f"PCKh threshold must be a positive number, got {t!r}")
 
     ids = {p.id for p in records}
