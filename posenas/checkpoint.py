@@ -22,6 +22,7 @@ from torch import nn
 
 from posenas.arch import arch_from_json, build_model
 from posenas.codecs.heatmap import HeatmapCodec
+from posenas.cost import check_output_stride
 from posenas.errors import PosenasError
 from posenas.jsonio import write_bytes
 from posenas.keypoints import KeypointSchema, get_schema
@@ -73,18 +74,8 @@ class LoadedModel:
 
 def check_heatmap_size(model: nn.Module, codec: HeatmapCodec, where: str = "config.data.input_size") -> None:
     """The model must map the codec's input size to its heatmap size (SimpleBaselines: sizes divisible by 32)."""
-    device = next(model.parameters()).device
-    was = model.training
-    model.eval()
-    with torch.no_grad():
-        out = model(torch.zeros(1, 3, *codec.input_size, device=device))
-    model.train(was)
-    if tuple(out.shape[-2:]) != tuple(codec.heatmap_size):
-        h, w = codec.input_size
-        raise PosenasError(
-            f"{where}: {h}x{w} gives {out.shape[-2]}x{out.shape[-1]} heatmaps, expected "
-            f"{codec.heatmap_size[0]}x{codec.heatmap_size[1]}; this model needs sizes divisible by 32"
-        )
+    stride = codec.input_size[0] // codec.heatmap_size[0]
+    check_output_stride(model, codec.input_size, stride, where)
 
 
 def load_weights(model: nn.Module, state_dict: Any, path: str | Path) -> None:

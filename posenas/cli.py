@@ -134,6 +134,47 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_profile(args: argparse.Namespace) -> int:
+    from posenas.arch import build_model, load_arch_file, named_arch
+    from posenas.cost import profile_model
+
+    given = [k for k in ("model", "arch", "checkpoint") if getattr(args, k)]
+    if len(given) != 1:
+        raise PosenasError("profile: give exactly one of --model NAME, --arch ARCH.json, --checkpoint CKPT")
+    size = args.input
+    if args.checkpoint:
+        from posenas.checkpoint import model_from_checkpoint
+
+        loaded = model_from_checkpoint(args.checkpoint)
+        model, size = loaded.model, size or loaded.codec.input_size
+    else:
+        arch = named_arch(args.model) if args.model else load_arch_file(args.arch)
+        model = build_model(arch, args.joints)
+    result = profile_model(model, size or (256, 192), latency=not args.no_latency, threads=args.threads, runs=args.runs)
+    if args.json:
+        print(json.dumps(result.to_json(layers=args.layers)))
+        return 0
+    h, w = result.input
+    print(f"input {h}x{w}: {result.params / 1e6:.3f} M params, {result.macs / 1e9:.4f} GMACs")
+    if result.latency_ms:
+        t = result.latency_ms
+        print(f"latency (batch 1, {t['threads']} thread(s), {t['device']}): median {t['median']:.2f} ms "
+              f"(p10 {t['p10']:.2f}, p90 {t['p90']:.2f}; {t['runs']} runs)")
+    if args.layers:
+        for name, macs in sorted(result.layers.items(), key=lambda kv: -kv[1]):
+            print(f"  {macs / 1e6:10.2f} MMACs  {name}")
+    return 0
+
+
+def _hxw(text: str) -> tuple[int, int]:
+    """``HxW`` (the papers' 256x192: height first) → (height, width)."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH such as 256x192, got {text!r}") from None
+    return h, w
+
+
 def cmd_infer(args: argparse.Namespace) -> int:
     from posenas.infer import run_inference
 
@@ -214,6 +255,20 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", help="split of a dataset root (default val)")
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.set_defaults(func=cmd_eval)
+
+    q = sub.add_parser("profile", help="parameters, MACs and measured latency of a model")
+    q.add_argument("--model", help="a named model (e.g. simplebaseline-resnet50)")
+    q.add_argument("--arch", help="architecture JSON file of any search space")
+    q.add_argument("--checkpoint", help="a checkpoint (its input size is the default)")
+    q.add_argument("--input", type=_hxw, help="input size HxW (default 256x192, or the checkpoint's)")
+    q.add_argument("--joints", type=int, default=17, help="output joints for --model/--arch (default 17)")
+    q.add_argument("--threads", type=int, help="torch threads for the latency runs (default: torch's)")
+    q.add_argument("--runs", type=int, default=30, help="timed runs after 5 warm-up runs")
+    q.add_argument("--runtime", choices=["torch"], default="torch", help="runtime to time (ONNX Runtime comes with export)")
+    q.add_argument("--no-latency", action="store_true", help="count params and MACs only")
+    q.add_argument("--layers", action="store_true", help="per-layer MACs breakdown")
+    q.add_argument("--json", action="store_true", help='print {"params", "macs", "input", "latency_ms"}')
+    q.set_defaults(func=cmd_profile)
 
     i = sub.add_parser("infer", help="run a checkpoint on images or folders of frames")
     i.add_argument("--checkpoint", required=True)
