@@ -88,7 +88,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent / f"eval-{args.split or 'val'}"
         metric, result, table, _ = evaluate_checkpoint(
             args.checkpoint, args.data, out, split=args.split, flip_test=args.flip_test, boxes=args.boxes,
-            metric=args.metric, device=args.device, progress=not args.json,
+            metric=args.metric, device=args.device, runtime=args.runtime, progress=not args.json,
         )
         print(json.dumps(result) if args.json else f"{table}\nwritten to {out}")
         return 0
@@ -131,6 +131,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 130
     if result:
         print(f"results in {out}: " + ", ".join(f"{k} {v}" for k, v in result.items() if not isinstance(v, dict)))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from posenas.export import export_onnx
+
+    report = export_onnx(args.checkpoint, args.onnx, opset=args.opset, dynamic_batch=args.dynamic_batch)
+    diffs = ", ".join(f"{k} {v:.2e}" for k, v in report["max_abs_diff"].items())
+    print(f"wrote {args.onnx} ({report['bytes'] / 1e6:.1f} MB, opset {report['opset']}); "
+          f"parity with PyTorch, max abs heatmap difference: {diffs}")
     return 0
 
 
@@ -179,7 +189,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
     from posenas.infer import run_inference
 
     results = run_inference(args.checkpoint, args.inputs, args.out, boxes=args.boxes, flip_test=not args.no_flip,
-                            min_score=args.min_score, device=args.device)
+                            min_score=args.min_score, device=args.device, runtime=args.runtime)
     print(f"{len(results)} person(s) in {len(set(r['image'] for r in results))} image(s); drawings and predictions.json in {args.out}")
     return 0
 
@@ -251,6 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--flip-test", action="store_true", help="average with the mirrored image's heatmaps")
     e.add_argument("--out", help="where --checkpoint writes predictions and metrics (default: beside the checkpoint)")
     e.add_argument("--device", default="auto")
+    e.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
+                   help="onnx: --checkpoint is a file made by `posenas export`")
     e.add_argument("--metric", choices=["coco", "pckh"], help="default: pckh for MPII data, coco otherwise")
     e.add_argument("--split", help="split of a dataset root (default val)")
     e.add_argument("--json", action="store_true", help="print one JSON object")
@@ -278,7 +290,16 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--no-flip", action="store_true", help="skip the flip test")
     i.add_argument("--min-score", type=float, default=0.2, help="joints below this score are not drawn")
     i.add_argument("--device", default="auto")
+    i.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
+                   help="onnx: --checkpoint is a file made by `posenas export`")
     i.set_defaults(func=cmd_infer)
+
+    x = sub.add_parser("export", help="export a checkpoint to ONNX, checked against PyTorch")
+    x.add_argument("checkpoint")
+    x.add_argument("--onnx", required=True, help="output .onnx file")
+    x.add_argument("--opset", type=int, default=18)
+    x.add_argument("--dynamic-batch", action="store_true", help="allow any batch size (default: batch 1)")
+    x.set_defaults(func=cmd_export)
 
     d = sub.add_parser("demo", help="the end-to-end demo on the built-in synthetic data")
     d.add_argument("--out", default="runs/demo", help="run folder")

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from posenas.checkpoint import model_from_checkpoint
+import torch
+
+from posenas.runtime import load_model
 from posenas.data.boxes import load_detections
 from posenas.data.images import encode_jpeg, read_image
 from posenas.data.records import ImageRecord, PoseDataset
@@ -55,10 +57,11 @@ def run_inference(
     flip_test: bool = True,
     min_score: float = 0.2,
     device: str = "auto",
+    runtime: str = "torch",
     progress: bool = True,
 ) -> list[dict]:
     """Predict every person box (the whole image when no boxes are given); returns the JSON records."""
-    loaded = model_from_checkpoint(checkpoint)
+    loaded = load_model(checkpoint, runtime)
     paths = image_inputs(inputs)
     # Decode every input before writing anything (a bad image fails with no output); keep
     # only the sizes, so a long folder of frames does not sit in memory.
@@ -70,7 +73,7 @@ def run_inference(
         detections = load_detections(boxes, names=_input_names(paths))
     else:
         detections = [(r.id, np.array([0, 0, r.width, r.height], np.float32), 1.0) for r in records]
-    dev = resolve_device(device)
+    dev = resolve_device(device) if runtime == "torch" else torch.device("cpu")
     preds = predict_dataset(loaded.model.to(dev), dataset, loaded.codec, dev, boxes=detections,
                             flip_test=flip_test, progress=progress)
     out = Path(out)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from posenas.checkpoint import model_from_checkpoint
+import torch
+
+from posenas.runtime import load_model
 from posenas.data.boxes import load_detections
 from posenas.data.layout import load_dataset
 from posenas.engine.distributed import resolve_device
@@ -24,6 +26,7 @@ def evaluate_checkpoint(
     boxes: str | Path | None = None,
     metric: str | None = None,
     device: str = "auto",
+    runtime: str = "torch",
     batch_size: int = 64,
     workers: int = 0,
     progress: bool = True,
@@ -32,7 +35,7 @@ def evaluate_checkpoint(
 
     Returns (metric, result, printable table, predictions).
     """
-    loaded = model_from_checkpoint(checkpoint)
+    loaded = load_model(checkpoint, runtime)
     dataset = load_dataset(data, split)
     if dataset.schema != loaded.schema:
         raise PosenasError(
@@ -44,13 +47,14 @@ def evaluate_checkpoint(
         if metric == "pckh":
             raise PosenasError(f"{boxes}: PCKh scores each GT person and needs the GT boxes; drop --boxes")
         detections = load_detections(boxes, image_ids={img.id for img in dataset.images})
-    dev = resolve_device(device)
+    dev = resolve_device(device) if runtime == "torch" else torch.device("cpu")
     metric, result, table, preds = evaluate_model(
         loaded.model.to(dev), dataset, loaded.codec, dev, metric, boxes=detections, flip_test=flip_test,
         batch_size=batch_size, workers=workers, progress=progress,
     )
     out = Path(out)
     write_json(out / "predictions.json", prediction_records(preds, metric))
-    write_json(out / "metrics.json", {"metric": metric, "flip_test": flip_test, "boxes": str(boxes) if boxes else "gt", **result}, indent=2)
+    write_json(out / "metrics.json", {"metric": metric, "runtime": runtime, "flip_test": flip_test,
+                                      "boxes": str(boxes) if boxes else "gt", **result}, indent=2)
     write_text(out / "metrics.txt", table + "\n")
     return metric, result, table, preds

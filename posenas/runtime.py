@@ -1,0 +1,86 @@
+"""Runtimes: a model from a PyTorch checkpoint or an exported ONNX file, used the same way.
+
+:class:`OnnxPoseModel` behaves like the plain ``nn.Module`` where the prediction path
+needs it (called on an image batch, returns heatmaps; ``eval``/``train``/``to`` are
+no-ops), so evaluation and inference share every line of pre- and post-processing.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from posenas.arch import arch_from_json
+from posenas.checkpoint import LoadedModel, model_from_checkpoint
+from posenas.codecs.heatmap import HeatmapCodec
+from posenas.errors import PosenasError
+from posenas.export import METADATA_PREFIX
+from posenas.keypoints import get_schema
+
+RUNTIMES = ("torch", "onnx")
+
+
+class OnnxPoseModel:
+    """An ONNX Runtime session with the call signature of the exported module."""
+
+    training = False
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # ORT raises its own exception types for unreadable models
+            raise PosenasError(f"{path}: not a readable ONNX model: {str(e).splitlines()[0][:160]}") from None
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if meta.get(METADATA_PREFIX + "format") != "posenas-onnx":
+            raise PosenasError(f"{path}: not exported by posenas (no {METADATA_PREFIX}format metadata)")
+        self.metadata = {k[len(METADATA_PREFIX):]: v for k, v in meta.items() if k.startswith(METADATA_PREFIX)}
+        self.dynamic_batch = json.loads(self.metadata.get("dynamic_batch", "false"))
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.detach().cpu().numpy().astype(np.float32, copy=False)
+        if self.dynamic_batch:
+            out = self.session.run(None, {"image": x})[0]
+        else:  # exported for batch 1
+            out = np.concatenate([self.session.run(None, {"image": x[i : i + 1]})[0] for i in range(len(x))])
+        return torch.from_numpy(out)
+
+    def eval(self) -> "OnnxPoseModel":
+        return self
+
+    def train(self, mode: bool = True) -> "OnnxPoseModel":
+        return self
+
+    def to(self, device) -> "OnnxPoseModel":
+        return self
+
+
+def load_model(path: str | Path, runtime: str = "torch", threads: int | None = None) -> LoadedModel:
+    """A checkpoint for ``torch``, an exported ``.onnx`` file for ``onnx``."""
+    if runtime not in RUNTIMES:
+        raise PosenasError(f"--runtime: unknown runtime {runtime!r}; allowed: {', '.join(RUNTIMES)}")
+    if runtime == "torch":
+        if str(path).endswith(".onnx"):
+            raise PosenasError(f"{path}: an ONNX file; run it with --runtime onnx")
+        return model_from_checkpoint(path)
+    if not Path(path).is_file():
+        raise PosenasError(f"{path}: no such ONNX file")
+    if not str(path).endswith(".onnx"):
+        raise PosenasError(f"{path}: --runtime onnx runs an exported model; make one with `posenas export {path} --onnx OUT.onnx`")
+    model = OnnxPoseModel(path, threads)
+    meta = model.metadata
+    try:
+        arch = arch_from_json(json.loads(meta["arch"]), f"{path}: metadata arch")
+        schema = get_schema(meta["schema"])
+        codec = HeatmapCodec.from_dict(json.loads(meta["codec"]))
+    except (KeyError, json.JSONDecodeError) as e:
+        raise PosenasError(f"{path}: incomplete posenas metadata: {e}") from None
+    return LoadedModel(model, arch, schema, codec, {})
