@@ -151,7 +151,7 @@ def test_eval_and_infer_from_checkpoint(tmp_path, data_root, capsys):
                  "--out", str(tmp_path / "ev")]) == 0
     stats = json.loads(capsys.readouterr().out)
     assert stats == {k: v for k, v in json.loads((tmp_path / "ev" / "metrics.json").read_text()).items()
-                     if k not in ("metric", "flip_test", "boxes")}
+                     if k not in ("metric", "runtime", "flip_test", "boxes")}
     preds = json.loads((tmp_path / "ev" / "predictions.json").read_text())
     assert len(preds) == 16 and len(preds[0]["keypoints"]) == 51
 
