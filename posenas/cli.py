@@ -151,16 +151,27 @@ def cmd_profile(args: argparse.Namespace) -> int:
     given = [k for k in ("model", "arch", "checkpoint") if getattr(args, k)]
     if len(given) != 1:
         raise PosenasError("profile: give exactly one of --model NAME, --arch ARCH.json, --checkpoint CKPT")
-    size = args.input
+    size, runner = args.input, None
+    if args.runtime == "onnx" and not args.checkpoint:
+        raise PosenasError("profile --runtime onnx: give --checkpoint MODEL.onnx (made by `posenas export`)")
     if args.checkpoint:
-        from posenas.checkpoint import model_from_checkpoint
+        from posenas.runtime import load_model
 
-        loaded = model_from_checkpoint(args.checkpoint)
-        model, size = loaded.model, size or loaded.codec.input_size
+        loaded = load_model(args.checkpoint, args.runtime, threads=args.threads)
+        size = size or loaded.codec.input_size
+        if args.runtime == "onnx":  # time the session; count params/MACs on the same arch in PyTorch
+            runner = loaded.model
+            if tuple(size) != tuple(loaded.codec.input_size):
+                h, w = loaded.codec.input_size
+                raise PosenasError(f"--input: the ONNX model {args.checkpoint} takes {h}x{w} inputs")
+            model = build_model(loaded.arch, loaded.schema.num_joints)
+        else:
+            model = loaded.model
     else:
         arch = named_arch(args.model) if args.model else load_arch_file(args.arch)
         model = build_model(arch, args.joints)
-    result = profile_model(model, size or (256, 192), latency=not args.no_latency, threads=args.threads, runs=args.runs)
+    result = profile_model(model, size or (256, 192), latency=not args.no_latency, threads=args.threads,
+                           runs=args.runs, runner=runner)
     if args.json:
         print(json.dumps(result.to_json(layers=args.layers)))
         return 0
@@ -276,7 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--joints", type=int, default=17, help="output joints for --model/--arch (default 17)")
     q.add_argument("--threads", type=int, help="torch threads for the latency runs (default: torch's)")
     q.add_argument("--runs", type=int, default=30, help="timed runs after 5 warm-up runs")
-    q.add_argument("--runtime", choices=["torch"], default="torch", help="runtime to time (ONNX Runtime comes with export)")
+    q.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
+                   help="onnx: time an exported model (--checkpoint MODEL.onnx) in ONNX Runtime")
     q.add_argument("--no-latency", action="store_true", help="count params and MACs only")
     q.add_argument("--layers", action="store_true", help="per-layer MACs breakdown")
     q.add_argument("--json", action="store_true", help='print {"params", "macs", "input", "latency_ms"}')

@@ -57,45 +57,47 @@ def count_macs(model: nn.Module, input_size: tuple[int, int]) -> tuple[int, dict
     return int(counter.get_total_flops() // 2), per_layer
 
 
-def measure_latency(model: nn.Module, input_size: tuple[int, int], threads: int | None = None,
-                    warmup: int = 5, runs: int = 30) -> dict:
-    """Batch-1 forward latency in ms: median, p10, p90, mean over ``runs`` after ``warmup``."""
+def _summary(times: list[float]) -> dict:
+    ordered = sorted(times)
+    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
+    return {"median": round(statistics.median(times), 3), "p10": round(pick(0.1), 3), "p90": round(pick(0.9), 3),
+            "mean": round(statistics.fmean(times), 3), "runs": len(times)}
+
+
+def time_calls(call, x: torch.Tensor, warmup: int, runs: int, sync=None) -> dict:
+    """Milliseconds per ``call(x)``: ``runs`` timed calls after ``warmup`` untimed ones."""
     if runs < 1 or warmup < 0:
         raise PosenasError(f"--runs must be >= 1 and warm-up >= 0, got {runs} and {warmup}")
+    times = []
+    for i in range(warmup + runs):
+        if sync:
+            sync()
+        start = time.perf_counter()
+        call(x)
+        if sync:
+            sync()
+        if i >= warmup:
+            times.append((time.perf_counter() - start) * 1000.0)
+    return _summary(times)
+
+
+def measure_latency(model: nn.Module, input_size: tuple[int, int], threads: int | None = None,
+                    warmup: int = 5, runs: int = 30) -> dict:
+    """PyTorch batch-1 forward latency in ms: median, p10, p90, mean over ``runs`` after ``warmup``."""
     previous = torch.get_num_threads()
     if threads is not None:
         if threads < 1:
             raise PosenasError(f"--threads: must be >= 1, got {threads}")
         torch.set_num_threads(threads)
     device = next(model.parameters()).device
-    x = torch.zeros(1, 3, *input_size, device=device)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
     model.eval()
-    times = []
     try:
         with torch.inference_mode():
-            for i in range(warmup + runs):
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                start = time.perf_counter()
-                model(x)
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                if i >= warmup:
-                    times.append((time.perf_counter() - start) * 1000.0)
+            timing = time_calls(model, torch.zeros(1, 3, *input_size, device=device), warmup, runs, sync)
     finally:
         torch.set_num_threads(previous)
-    ordered = sorted(times)
-    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
-    return {
-        "median": round(statistics.median(times), 3),
-        "p10": round(pick(0.1), 3),
-        "p90": round(pick(0.9), 3),
-        "mean": round(statistics.fmean(times), 3),
-        "runs": runs,
-        "threads": threads if threads is not None else previous,
-        "device": str(device),
-        "runtime": "torch",
-    }
+    return {**timing, "threads": threads if threads is not None else previous, "device": str(device), "runtime": "torch"}
 
 
 @dataclass
@@ -115,9 +117,18 @@ class Profile:
 
 
 def profile_model(model: nn.Module, input_size: tuple[int, int], *, latency: bool = True,
-                  threads: int | None = None, runs: int = 30) -> Profile:
-    """Params, MACs (with the per-layer breakdown) and, optionally, measured latency."""
+                  threads: int | None = None, runs: int = 30, runner=None) -> Profile:
+    """Params, MACs (with the per-layer breakdown) and, optionally, measured latency.
+
+    ``runner``: time this callable (e.g. an ONNX Runtime session of the same model)
+    instead of the PyTorch module; params and MACs always come from ``model``.
+    """
     check_output_stride(model, input_size)
     macs, layers = count_macs(model, input_size)
-    timing = measure_latency(model, input_size, threads=threads, runs=runs) if latency else None
+    timing = None
+    if latency and runner is None:
+        timing = measure_latency(model, input_size, threads=threads, runs=runs)
+    elif latency:
+        timing = {**time_calls(runner, torch.zeros(1, 3, *input_size), 5, runs), "threads": threads, "device": "cpu",
+                  "runtime": "onnx"}
     return Profile(count_params(model), macs, tuple(input_size), timing, layers)

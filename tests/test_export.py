@@ -39,6 +39,13 @@ def test_export_then_onnx_runtime_matches_pytorch(tmp_path, checkpoint, data_roo
     assert [p["image_id"] for p in a] == [p["image_id"] for p in b]
     assert all(x == pytest.approx(y, abs=2e-3) for p, q in zip(a, b) for x, y in zip(p["keypoints"], q["keypoints"]))
 
+    assert main(["profile", "--checkpoint", str(onnx_path), "--runtime", "onnx", "--runs", "2", "--json"]) == 0
+    onnx_profile = json.loads(capsys.readouterr().out)
+    assert main(["profile", "--checkpoint", str(checkpoint), "--runs", "2", "--json"]) == 0
+    torch_profile = json.loads(capsys.readouterr().out)
+    assert onnx_profile["latency_ms"]["runtime"] == "onnx" and torch_profile["latency_ms"]["runtime"] == "torch"
+    assert (onnx_profile["params"], onnx_profile["macs"]) == (torch_profile["params"], torch_profile["macs"])
+
     image = next((data_root / "images" / "val").glob("*.jpg"))
     assert main(["infer", "--checkpoint", str(onnx_path), "--runtime", "onnx", str(image), "--out", str(tmp_path / "inf")]) == 0
     assert len(json.loads((tmp_path / "inf" / "predictions.json").read_text())["predictions"]) == 1
