@@ -47,12 +47,11 @@ def _session(data: bytes):
     return ort.InferenceSession(data, providers=["CPUExecutionProvider"])
 
 
-def export_onnx(checkpoint: str | Path, out: str | Path, *, opset: int = 18, dynamic_batch: bool = False) -> dict:
-    """Export, check parity, then write ``out``; returns the parity report."""
-    loaded = model_from_checkpoint(checkpoint)
-    model = loaded.model.eval()
-    h, w = loaded.codec.input_size
-    example = torch.zeros(1, 3, h, w)
+def onnx_bytes(model: torch.nn.Module, input_size: tuple[int, int], *, opset: int = 18, dynamic_batch: bool = False,
+               metadata: dict[str, str] | None = None, where: str = "model") -> bytes:
+    """The serialised ONNX graph of a plain model (input ``image``, output ``heatmaps``)."""
+    model = model.eval()
+    example = torch.zeros(1, 3, *input_size)
     dynamic = ({0: torch.export.Dim("batch", min=1, max=1024)},) if dynamic_batch else None
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     with warnings.catch_warnings():
@@ -61,8 +60,19 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, opset: int = 18, dyn
             program = torch.onnx.export(model, (example,), input_names=["image"], output_names=["heatmaps"],
                                         dynamo=True, opset_version=opset, dynamic_shapes=dynamic, verbose=False)
         except Exception as e:  # the exporter raises many kinds
-            raise PosenasError(f"{checkpoint}: ONNX export failed: {str(e).splitlines()[0][:200]}") from None
+            raise PosenasError(f"{where}: ONNX export failed: {str(e).splitlines()[0][:200]}") from None
     proto = program.model_proto
+    for key, value in (metadata or {}).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = METADATA_PREFIX + key, value
+    return proto.SerializeToString()
+
+
+def export_onnx(checkpoint: str | Path, out: str | Path, *, opset: int = 18, dynamic_batch: bool = False) -> dict:
+    """Export, check parity, then write ``out``; returns the parity report."""
+    loaded = model_from_checkpoint(checkpoint)
+    model = loaded.model.eval()
+    h, w = loaded.codec.input_size
     meta = {
         "format": "posenas-onnx",
         "arch": json.dumps(loaded.arch.to_json()),
@@ -70,11 +80,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, opset: int = 18, dyn
         "codec": json.dumps(loaded.codec.to_dict()),
         "dynamic_batch": json.dumps(dynamic_batch),
     }
-    for key, value in meta.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = METADATA_PREFIX + key, value
-    data = proto.SerializeToString()
-
+    data = onnx_bytes(model, (h, w), opset=opset, dynamic_batch=dynamic_batch, metadata=meta, where=str(checkpoint))
     session = _session(data)
     generator = torch.Generator().manual_seed(0)
     inputs = {"random": torch.randn(1, 3, h, w, generator=generator), "real": real_input((h, w))}

@@ -1,0 +1,77 @@
+"""CPU inference speed of the baselines: PyTorch eager vs ONNX Runtime, 1 thread and all threads.
+
+Run: .venv/bin/python benchmarks/cpu_inference.py [--runs 20] [--input 256x192]
+
+Side by side in one run, batch 1, after warm-up: frames/s (1000 / median ms) of each
+named model in PyTorch eager and in ONNX Runtime (all graph optimisations), with one
+thread and with all cores; each model's achieved GMAC/s as a fraction of this machine's
+single-thread dense FP32 throughput, measured by a large matmul (2 FLOPs = 1 MAC).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+
+import onnxruntime as ort
+import torch
+
+from posenas.arch import NAMED_MODELS, build_model, named_arch
+from posenas.cost import count_macs, measure_latency, time_calls
+from posenas.export import onnx_bytes
+
+
+def matmul_gmacs(threads: int, n: int = 2048, repeats: int = 10) -> float:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        torch.mm(a, b)
+    seconds = (time.perf_counter() - start) / repeats
+    torch.set_num_threads(previous)
+    return n**3 / seconds / 1e9  # n³ multiply-adds
+
+
+def ort_session(data: bytes, threads: int):
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--input", default="256x192")
+    args = ap.parse_args()
+    h, w = (int(v) for v in args.input.split("x"))
+    cores = os.cpu_count() or 1
+    peak = matmul_gmacs(1)
+    print(f"machine: {platform.machine()}, {cores} cores; torch {torch.__version__}, onnxruntime {ort.__version__}; "
+          f"input {h}x{w}, batch 1, {args.runs} runs")
+    print(f"single-thread dense FP32 peak (2048² matmul): {peak:.1f} GMAC/s; {cores} threads: {matmul_gmacs(cores):.1f} GMAC/s\n")
+    print("| model | GMACs | torch 1T fps | ORT 1T fps | torch {c}T fps | ORT {c}T fps | ORT/torch 1T | 1T GMAC/s (ORT) | of peak |".format(c=cores))
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name in NAMED_MODELS:
+        torch.manual_seed(0)
+        model = build_model(named_arch(name), 17).eval()
+        macs = count_macs(model, (h, w))[0]
+        data = onnx_bytes(model, (h, w), where=name)
+        x = torch.zeros(1, 3, h, w)
+        fps = {}
+        for threads in (1, cores):
+            fps[("torch", threads)] = 1000 / measure_latency(model, (h, w), threads=threads, runs=args.runs)["median"]
+            session = ort_session(data, threads)
+            run = lambda t, s=session: s.run(None, {"image": t.numpy()})  # noqa: E731
+            fps[("ort", threads)] = 1000 / time_calls(run, x, 5, args.runs)["median"]
+        achieved = macs * fps[("ort", 1)] / 1e9
+        print(f"| {name} | {macs / 1e9:.3f} | {fps[('torch', 1)]:.1f} | {fps[('ort', 1)]:.1f} | {fps[('torch', cores)]:.1f} | "
+              f"{fps[('ort', cores)]:.1f} | {fps[('ort', 1)] / fps[('torch', 1)]:.2f} | {achieved:.1f} | {achieved / peak:.0%} |")
+
+
+if __name__ == "__main__":
+    main()
