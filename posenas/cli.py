@@ -152,25 +152,34 @@ def cmd_profile(args: argparse.Namespace) -> int:
     if len(given) != 1:
         raise PosenasError("profile: give exactly one of --model NAME, --arch ARCH.json, --checkpoint CKPT")
     size, runner = args.input, None
-    if args.runtime == "onnx" and not args.checkpoint:
-        raise PosenasError("profile --runtime onnx: give --checkpoint MODEL.onnx (made by `posenas export`)")
+    onnx_file = bool(args.checkpoint) and str(args.checkpoint).endswith(".onnx")
     if args.checkpoint:
         from posenas.runtime import load_model
 
-        loaded = load_model(args.checkpoint, args.runtime, threads=args.threads)
+        loaded = load_model(args.checkpoint, "onnx" if onnx_file else "torch", threads=args.threads)
         size = size or loaded.codec.input_size
-        if args.runtime == "onnx":  # time the session; count params/MACs on the same arch in PyTorch
-            runner = loaded.model
+        if onnx_file:  # time the exported session; count params/MACs on the same arch in PyTorch
+            if args.runtime != "onnx":
+                raise PosenasError(f"{args.checkpoint}: an ONNX file; profile it with --runtime onnx")
             if tuple(size) != tuple(loaded.codec.input_size):
                 h, w = loaded.codec.input_size
                 raise PosenasError(f"--input: the ONNX model {args.checkpoint} takes {h}x{w} inputs")
+            runner = loaded.model
             model = build_model(loaded.arch, loaded.schema.num_joints)
         else:
             model = loaded.model
     else:
         arch = named_arch(args.model) if args.model else load_arch_file(args.arch)
         model = build_model(arch, args.joints)
-    result = profile_model(model, size or (256, 192), latency=not args.no_latency, threads=args.threads,
+    size = size or (256, 192)
+    if args.runtime == "onnx" and runner is None and not args.no_latency:
+        from posenas.cost import check_output_stride
+        from posenas.export import onnx_bytes
+        from posenas.runtime import OnnxPoseModel
+
+        check_output_stride(model, size)  # a clear error before exporting at a size the model cannot take
+        runner = OnnxPoseModel.from_bytes(onnx_bytes(model, size), threads=args.threads)
+    result = profile_model(model, size, latency=not args.no_latency, threads=args.threads,
                            runs=args.runs, runner=runner)
     if args.json:
         print(json.dumps(result.to_json(layers=args.layers)))
@@ -179,7 +188,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     print(f"input {h}x{w}: {result.params / 1e6:.3f} M params, {result.macs / 1e9:.4f} GMACs")
     if result.latency_ms:
         t = result.latency_ms
-        print(f"latency (batch 1, {t['threads']} thread(s), {t['device']}): median {t['median']:.2f} ms "
+        print(f"latency ({t['runtime']}, batch 1, {t['threads']} thread(s), {t['device']}): median {t['median']:.2f} ms "
               f"(p10 {t['p10']:.2f}, p90 {t['p90']:.2f}; {t['runs']} runs)")
     if args.layers:
         for name, macs in sorted(result.layers.items(), key=lambda kv: -kv[1]):
@@ -288,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--threads", type=int, help="torch threads for the latency runs (default: torch's)")
     q.add_argument("--runs", type=int, default=30, help="timed runs after 5 warm-up runs")
     q.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
-                   help="onnx: time an exported model (--checkpoint MODEL.onnx) in ONNX Runtime")
+                   help="onnx: time the model in ONNX Runtime (exported on the fly, or --checkpoint MODEL.onnx)")
     q.add_argument("--no-latency", action="store_true", help="count params and MACs only")
     q.add_argument("--layers", action="store_true", help="per-layer MACs breakdown")
     q.add_argument("--json", action="store_true", help='print {"params", "macs", "input", "latency_ms"}')

@@ -28,7 +28,8 @@ class OnnxPoseModel:
 
     training = False
 
-    def __init__(self, path: str | Path, threads: int | None = None):
+    def __init__(self, path: str | Path, threads: int | None = None, *, data: bytes | None = None):
+        """Open an exported file (``path``), or an in-memory graph (``data``, for profiling)."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -36,14 +37,19 @@ class OnnxPoseModel:
         if threads:
             options.intra_op_num_threads = threads
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            source = data if data is not None else str(path)
+            self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
         except Exception as e:  # ORT raises its own exception types for unreadable models
             raise PosenasError(f"{path}: not a readable ONNX model: {str(e).splitlines()[0][:160]}") from None
         meta = self.session.get_modelmeta().custom_metadata_map
-        if meta.get(METADATA_PREFIX + "format") != "posenas-onnx":
+        if data is None and meta.get(METADATA_PREFIX + "format") != "posenas-onnx":
             raise PosenasError(f"{path}: not exported by posenas (no {METADATA_PREFIX}format metadata)")
         self.metadata = {k[len(METADATA_PREFIX):]: v for k, v in meta.items() if k.startswith(METADATA_PREFIX)}
         self.dynamic_batch = json.loads(self.metadata.get("dynamic_batch", "false"))
+
+    @classmethod
+    def from_bytes(cls, data: bytes, threads: int | None = None) -> "OnnxPoseModel":
+        return cls("<in-memory ONNX graph>", threads, data=data)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         x = images.detach().cpu().numpy().astype(np.float32, copy=False)

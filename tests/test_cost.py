@@ -58,3 +58,11 @@ def test_profile_arch_file_and_bad_input(tmp_path, capsys):
     assert "--input: 100x96 gives 32x24 heatmaps, expected 25x24" in capsys.readouterr().err
     assert main(["profile", "--model", "nope"]) == 2
     assert "unknown model 'nope'; allowed: simplebaseline-resnet18" in capsys.readouterr().err
+
+
+def test_profile_onnx_runtime_exports_on_the_fly(capsys):
+    assert main(["profile", "--model", "simplebaseline-small", "--input", "128x96", "--runtime", "onnx",
+                 "--threads", "1", "--runs", "2", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["latency_ms"]["runtime"] == "onnx" and out["latency_ms"]["threads"] == 1
+    assert out["params"] == 1905321
