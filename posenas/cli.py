@@ -14,13 +14,17 @@ from posenas import __version__
 from posenas.errors import PosenasError
 
 
-def _size(text: str) -> tuple[int, int]:
-    """``WxH`` → (width, height)."""
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 256x256, got {text!r}") from None
-    return w, h
+def _dims(expected: str):
+    """An argparse type for ``AxB`` pairs of integers, kept in the order written (``expected`` names it)."""
+
+    def parse(text: str) -> tuple[int, int]:
+        try:
+            a, b = (int(v) for v in text.lower().split("x"))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        return a, b
+
+    return parse
 
 
 # ---------------------------------------------------------------- data
@@ -196,15 +200,6 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
-def _hxw(text: str) -> tuple[int, int]:
-    """``HxW`` (the papers' 256x192: height first) → (height, width)."""
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH such as 256x192, got {text!r}") from None
-    return h, w
-
-
 def cmd_infer(args: argparse.Namespace) -> int:
     from posenas.infer import run_inference
 
@@ -239,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--val", type=int, help="validation images (videos for posetrack); default per format")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--max-people", type=int, help="people per image are 1..N; default per format")
-    s.add_argument("--size", type=_size, help="image size WxH (default 256x256)")
+    s.add_argument("--size", type=_dims("WIDTHxHEIGHT such as 320x256"), help="image size WxH (default 256x256)")
     s.add_argument("--frames", type=int, help="frames per video (posetrack; default 30)")
     s.add_argument("--workers", type=int, help="render processes (default: all cores)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing dataset made with other settings")
@@ -292,7 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--model", help="a named model (e.g. simplebaseline-resnet50)")
     q.add_argument("--arch", help="architecture JSON file of any search space")
     q.add_argument("--checkpoint", help="a checkpoint (its input size is the default)")
-    q.add_argument("--input", type=_hxw, help="input size HxW (default 256x192, or the checkpoint's)")
+    q.add_argument("--input", type=_dims("HEIGHTxWIDTH such as 256x192 (the papers' order)"),
+                   help="input size HxW (default 256x192, or the checkpoint's)")
     q.add_argument("--joints", type=int, default=17, help="output joints for --model/--arch (default 17)")
     q.add_argument("--threads", type=int, help="torch threads for the latency runs (default: torch's)")
     q.add_argument("--runs", type=int, default=30, help="timed runs after 5 warm-up runs")
