@@ -22,6 +22,7 @@ import torch
 from posenas.arch import NAMED_MODELS, build_model, named_arch
 from posenas.cost import count_macs, measure_latency, time_calls
 from posenas.export import onnx_bytes
+from posenas.runtime import ort_session
 
 
 def matmul_gmacs(threads: int, n: int = 2048, repeats: int = 5, trials: int = 7) -> float:
@@ -38,13 +39,6 @@ def matmul_gmacs(threads: int, n: int = 2048, repeats: int = 5, trials: int = 7)
         best = min(best, (time.perf_counter() - start) / repeats)
     torch.set_num_threads(previous)
     return n**3 / best / 1e9  # n³ multiply-adds
-
-
-def ort_session(data: bytes, threads: int, level=ort.GraphOptimizationLevel.ORT_ENABLE_ALL):
-    options = ort.SessionOptions()
-    options.graph_optimization_level = level
-    options.intra_op_num_threads = threads
-    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
 
 def main() -> None:

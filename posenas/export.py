@@ -21,9 +21,9 @@ from posenas.data.topdown import normalize_image
 from posenas.data.transforms import TopDownTransform
 from posenas.errors import PosenasError
 from posenas.jsonio import write_bytes
+from posenas.runtime import METADATA_PREFIX, ort_session
 
 PARITY_TOLERANCE = 1e-4
-METADATA_PREFIX = "posenas."
 
 
 def real_input(input_size: tuple[int, int], seed: int = 0) -> torch.Tensor:
@@ -39,12 +39,6 @@ def real_input(input_size: tuple[int, int], seed: int = 0) -> torch.Tensor:
         cv2.cvtColor(rendered.image, cv2.COLOR_BGR2RGB), np.zeros((17, 3), np.float32), box,
         np.random.default_rng(seed))
     return torch.from_numpy(normalize_image(sample.crop))[None]
-
-
-def _session(data: bytes):
-    import onnxruntime as ort
-
-    return ort.InferenceSession(data, providers=["CPUExecutionProvider"])
 
 
 def onnx_bytes(model: torch.nn.Module, input_size: tuple[int, int], *, opset: int = 18, dynamic_batch: bool = False,
@@ -81,7 +75,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, opset: int = 18, dyn
         "dynamic_batch": json.dumps(dynamic_batch),
     }
     data = onnx_bytes(model, (h, w), opset=opset, dynamic_batch=dynamic_batch, metadata=meta, where=str(checkpoint))
-    session = _session(data)
+    session = ort_session(data)
     generator = torch.Generator().manual_seed(0)
     inputs = {"random": torch.randn(1, 3, h, w, generator=generator), "real": real_input((h, w))}
     if dynamic_batch:

@@ -17,10 +17,22 @@ from posenas.arch import arch_from_json
 from posenas.checkpoint import LoadedModel, model_from_checkpoint
 from posenas.codecs.heatmap import HeatmapCodec
 from posenas.errors import PosenasError
-from posenas.export import METADATA_PREFIX
 from posenas.keypoints import get_schema
 
 RUNTIMES = ("torch", "onnx")
+#: Keys of the posenas metadata in exported ONNX files.
+METADATA_PREFIX = "posenas."
+
+
+def ort_session(source: str | bytes, threads: int | None = None, level=None):
+    """An ONNX Runtime CPU session with all graph optimisations (or ``level``) and ``threads`` intra-op threads."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = level if level is not None else ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
 class OnnxPoseModel:
@@ -30,15 +42,8 @@ class OnnxPoseModel:
 
     def __init__(self, path: str | Path, threads: int | None = None, *, data: bytes | None = None):
         """Open an exported file (``path``), or an in-memory graph (``data``, for profiling)."""
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            options.intra_op_num_threads = threads
         try:
-            source = data if data is not None else str(path)
-            self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+            self.session = ort_session(data if data is not None else str(path), threads)
         except Exception as e:  # ORT raises its own exception types for unreadable models
             raise PosenasError(f"{path}: not a readable ONNX model: {str(e).splitlines()[0][:160]}") from None
         meta = self.session.get_modelmeta().custom_metadata_map
