@@ -1,8 +1,8 @@
 """Reference predictions: ground truth with controlled noise, to exercise the evaluators.
 
-Until there are trained models, the demo evaluates these; tests use them too. The noise
-is scaled like OKS (per-joint sigma × object scale), so ``noise`` has the same meaning for
-every joint and person size.
+The evaluation tests use them as predictions of known quality. The noise is scaled like
+OKS (per-joint sigma × object scale), so ``noise`` means the same for every joint and
+person size.
 """
 
 from __future__ import annotations
