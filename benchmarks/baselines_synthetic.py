@@ -24,7 +24,7 @@ from posenas.engine.config import ExperimentConfig
 from posenas.engine.evaluate import evaluate_checkpoint
 from posenas.engine.train import train
 from posenas.jsonio import read_json, write_json
-from posenas.synthetic.generate import default_spec, synthesize
+from posenas.synthetic.generate import default_spec, ensure_synthetic
 
 MODELS = ("simplebaseline-small", "simplebaseline-mobilenetv2", "simplebaseline-resnet18")
 
@@ -45,14 +45,15 @@ def main() -> None:
     ap.add_argument("--config", default="configs/baselines/tiny.yaml")
     ap.add_argument("--data", default="data/synthetic/coco")
     ap.add_argument("--out", default="runs/bench-baselines")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for every model")
     args = ap.parse_args()
-    synthesize(args.data, default_spec("coco"))
+    ensure_synthetic(args.data, default_spec("coco"), progress=False)
     rows = []
     for name in args.models.split(","):
         run = Path(args.out) / f"{name}-{args.steps}"
         cfg = load_config(ExperimentConfig, args.config, [
             f"model.name={name}", f"data.root={args.data}", "train.epochs=1000", f"train.max_steps={args.steps}",
-            "train.val_every=0",
+            "train.val_every=0", *args.set,
         ])
         timing = run / "train_seconds.json"
         if not (run / "results.json").exists():

@@ -24,6 +24,7 @@ from torch import nn
 from posenas.errors import PosenasError
 from posenas.jsonio import read_json, write_json
 from posenas.models.simplebaseline import SimpleBaselineArch, build_simplebaseline
+from posenas.spaces.vipnas import ViPNASMobileNetV3Arch, ViPNASResNetArch, build_vipnas
 
 
 class Arch(Protocol):
@@ -45,6 +46,8 @@ class ArchSpace(NamedTuple):
 #: Space name -> (arch dataclass, build(arch, num_joints) -> nn.Module).
 ARCH_SPACES: dict[str, ArchSpace] = {
     "simplebaseline": ArchSpace(SimpleBaselineArch, build_simplebaseline),
+    "vipnas-resnet": ArchSpace(ViPNASResNetArch, build_vipnas),
+    "vipnas-mobilenetv3": ArchSpace(ViPNASMobileNetV3Arch, build_vipnas),
 }
 
 #: Named architectures, as arch JSON.

@@ -34,7 +34,7 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
     width, height = args.size if args.size else (None, None)
     spec = default_spec(
         args.format, train=args.train, val=args.val, seed=args.seed, max_people=args.max_people,
-        width=width, height=height, frames=args.frames,
+        width=width, height=height, frames=args.frames, max_yaw=args.max_yaw,
     )
     report = synthesize(args.out, spec, workers=args.workers, overwrite=args.overwrite, progress=not args.quiet)
     if "seconds" not in report:
@@ -107,27 +107,40 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---------------------------------------------------------------- train / infer
-def cmd_train(args: argparse.Namespace) -> int:
+# ---------------------------------------------------------------- train / search / infer
+def _run_config(args: argparse.Namespace, cls: type, command: str, overrides: list[str]):
+    """The config of a run: the saved one for ``--resume`` (no overrides then), else the
+    YAML (or defaults) with overrides; ``--device`` applies to both."""
+    from dataclasses import replace
+
     from posenas.config import load_config
-    from posenas.engine.config import ExperimentConfig
-    from posenas.engine.train import Interrupted, train
 
     if args.resume:
         if not args.out:
-            raise PosenasError("train --resume: --out RUN (the run directory to continue) is required")
-        if args.overrides:
-            raise PosenasError("train --resume: overrides are not allowed; the run continues with its saved config")
-        cfg = load_config(ExperimentConfig, Path(args.out) / "config.yaml")
+            raise PosenasError(f"{command} --resume: --out RUN (the run directory to continue) is required")
+        if overrides:
+            raise PosenasError(f"{command} --resume: overrides are not allowed; the run continues with its saved config")
+        cfg = load_config(cls, Path(args.out) / "config.yaml")
     else:
-        if not args.config:
-            raise PosenasError("train: --config CFG.yaml is required (or --resume --out RUN)")
-        cfg = load_config(ExperimentConfig, args.config, args.overrides)
+        cfg = load_config(cls, args.config, overrides)
     if args.device:
-        from dataclasses import replace
-
         cfg = replace(cfg, train=replace(cfg.train, device=args.device))
-    out = args.out or f"runs/{Path(args.config).stem}"
+    return cfg
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from posenas.engine.config import ExperimentConfig
+    from posenas.engine.train import Interrupted, train
+
+    overrides = list(args.overrides)
+    if args.arch:  # the arch file replaces the config's model
+        overrides += ["model.arch=null", f"model.arch_file={args.arch}"]
+    if args.init_from:
+        overrides.append(f"train.init_from={args.init_from}")
+    if not args.resume and not args.config and not args.arch:
+        raise PosenasError("train: --config CFG.yaml or --arch ARCH.json is required (or --resume --out RUN)")
+    cfg = _run_config(args, ExperimentConfig, "train", overrides)
+    out = args.out or f"runs/{Path(args.config or args.arch).stem}"
     try:
         result = train(cfg, out, resume=args.resume, progress=not args.quiet)
     except Interrupted as e:
@@ -135,6 +148,28 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 130
     if result:
         print(f"results in {out}: " + ", ".join(f"{k} {v}" for k, v in result.items() if not isinstance(v, dict)))
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from posenas.engine.train import Interrupted
+    from posenas.search.config import SearchExperimentConfig
+    from posenas.search.run import run_search
+
+    if not args.resume and not args.config:
+        raise PosenasError("search: --config CFG.yaml is required (or --resume --out RUN)")
+    cfg = _run_config(args, SearchExperimentConfig, "search", list(args.overrides))
+    out = args.out or f"runs/{Path(args.config).stem}"
+    try:
+        summary = run_search(cfg, out, resume=args.resume, progress=not args.quiet)
+    except Interrupted as e:
+        print(f"posenas: {e} (then: posenas search --resume --out {out})", file=sys.stderr)
+        return 130
+    if summary:
+        best = summary["best"]
+        print(f"best of {summary['evaluations']} candidates: {best['metric']} {best['score']:.4f} at "
+              f"{best['gmacs']:.4f} GMACs, {best['params_m']:.3f} M params, {best['latency_ms']:.2f} ms; "
+              f"arch in {Path(out) / 'best_arch.json'}")
     return 0
 
 
@@ -236,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-people", type=int, help="people per image are 1..N; default per format")
     s.add_argument("--size", type=_dims("WIDTHxHEIGHT such as 320x256"), help="image size WxH (default 256x256)")
     s.add_argument("--frames", type=int, help="frames per video (posetrack; default 30)")
+    s.add_argument("--max-yaw", type=float, help="people face the camera within +-DEG degrees "
+                   "(default 60; 180 adds side and back views, much harder to learn)")
     s.add_argument("--workers", type=int, help="render processes (default: all cores)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing dataset made with other settings")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -262,10 +299,21 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", help="experiment YAML (see configs/)")
     t.add_argument("--out", help="run directory (default runs/<config name>)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    t.add_argument("--arch", help="architecture JSON to train (e.g. a search's best_arch.json); replaces the config's model")
+    t.add_argument("--init-from", help="start from this checkpoint's weights: the same arch's, or a supernet's slices")
     t.add_argument("--device", help="auto (default: CUDA when present), cpu, cuda, cuda:N")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides such as optim.lr=0.002")
     t.set_defaults(func=cmd_train)
+
+    q = sub.add_parser("search", help="train a ViPNAS supernet and search it under a MACs or latency budget")
+    q.add_argument("--config", help="search YAML (see configs/vipnas/)")
+    q.add_argument("--out", help="run directory (default runs/<config name>)")
+    q.add_argument("--resume", action="store_true", help="continue the search in --out")
+    q.add_argument("--device", help="auto (default: CUDA when present), cpu, cuda, cuda:N")
+    q.add_argument("--quiet", action="store_true", help="no progress bars")
+    q.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides such as search.max_gmacs=0.05")
+    q.set_defaults(func=cmd_search)
 
     e = sub.add_parser("eval", help="evaluate predictions (--gt/--pred) or a checkpoint (--checkpoint/--data)")
     e.add_argument("--gt", help="ground truth: dataset root or annotation file")

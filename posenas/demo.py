@@ -8,7 +8,6 @@ the training curve and drawn example predictions.
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ from posenas.engine.predict import InstancePrediction
 from posenas.engine.train import train
 from posenas.jsonio import read_json, read_text, write_text
 from posenas.report import draw_predictions, plot_training
-from posenas.synthetic.generate import default_spec, synthesize
+from posenas.synthetic.generate import default_spec, ensure_synthetic
 from posenas.visualize import show_dataset
 
 
@@ -32,11 +31,7 @@ def _step(text: str) -> None:
 def run_demo(out: Path, data: Path, config: Path) -> dict:
     root = data / "coco"
     _step(f"synthetic people (COCO format) in {root}")
-    spec = default_spec("coco")
-    manifest = root / "manifest.json"
-    # the demo owns this folder: a dataset from an older generator (or other settings) is remade
-    stale = manifest.exists() and read_json(manifest).get("spec") != asdict(spec)
-    report = synthesize(root, spec, overwrite=stale)
+    report = ensure_synthetic(root, default_spec("coco"))
     print(f"generated in {report['seconds']:.1f} s ({report['images_per_second']:.0f} images/s)"
           if "seconds" in report else "already there (same settings)")
     val = load_dataset(root, "val")

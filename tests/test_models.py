@@ -149,12 +149,15 @@ def test_blocks_shapes_and_options():
         assert bt.mid_channels == 32 and bt.conv2.conv.groups == 4 and bt.conv2.conv.kernel_size == (5, 5)
         assert bt(x).shape == (2, 32, 12, 10)
         ir = InvertedResidual(16, 16, 1, expansion=4, kernel=7, act="hswish", dw_groups=8,
-                              se_reduction=4, se_gate="hsigmoid").eval()
-        assert ir.use_residual and ir.depthwise.conv.groups == 8 and isinstance(ir.se, SqueezeExcite)
-        assert ir.se.squeeze_channels == 16 and isinstance(ir.depthwise.act, nn.Hardswish)
+                              attention=lambda c: SqueezeExcite(c, reduction=4, gate="hsigmoid")).eval()
+        assert ir.use_residual and ir.depthwise.conv.groups == 8 and isinstance(ir.attention, SqueezeExcite)
+        assert ir.attention.squeeze_channels == 16 and isinstance(ir.depthwise.act, nn.Hardswish)
         assert ir(x).shape == x.shape
         first = InvertedResidual(16, 8, 2, expansion=1)
         assert isinstance(first.expand, nn.Identity) and first(x).shape == (2, 8, 6, 5)
+        # the expand conv exists whenever the hidden width differs from the input's
+        assert isinstance(InvertedResidual(16, 8, 1, hidden_channels=24).expand, ConvBNAct)
+        assert isinstance(InvertedResidual(16, 8, 1, hidden_channels=16).expand, nn.Identity)
         assert ConvBNAct(16, 4, 3, dilation=2, act=None)(x).shape == (2, 4, 12, 10)
         assert DeconvBNAct(16, 4, kernel=3, groups=4)(x).shape == (2, 4, 24, 20)
         # a fresh context block is the identity (its last conv starts at zero)

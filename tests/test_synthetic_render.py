@@ -269,3 +269,15 @@ def test_video_track_ids_follow_the_same_person():
         figs = plan.frame_figures(t)
         for p in frame.people:
             assert np.allclose(p.joints[:, :2], figs.points[p.track_id, :21])
+
+
+def test_max_yaw_bounds_the_facing_direction():
+    """People face the camera within +-max_yaw degrees; 180 allows every direction."""
+    for max_yaw in (0.0, 30.0, 180.0):
+        yaws = np.concatenate([p.yaw for s in range(40)
+                               for p in sample_plan(s, SceneConfig(max_people=3, max_yaw=max_yaw)).people])
+        assert np.all(np.abs(np.degrees(yaws)) <= max_yaw + 1e-9)
+        if max_yaw == 180.0:
+            assert np.abs(np.degrees(yaws)).max() > 120  # back views do occur
+    with pytest.raises(PosenasError, match="max_yaw"):
+        SceneConfig(max_yaw=200)

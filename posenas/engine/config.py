@@ -77,6 +77,7 @@ class TrainConfig:
     flip_test: bool = True
     log_every: int = 10  # steps between metric lines
     checkpoint_every: int = 200  # steps between mid-epoch checkpoints (0: epoch ends only)
+    init_from: str | None = None  # start from this checkpoint's weights (same arch, or a supernet to inherit from)
 
     def __post_init__(self) -> None:
         if self.epochs < 1:

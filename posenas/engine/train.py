@@ -98,6 +98,40 @@ def heatmap_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor)
     return 0.5 * (weight[:, :, None, None] * (pred - target) ** 2).mean()
 
 
+class Objective:
+    """What a training run optimises: the plain model of an arch (this class), or a
+    supernet with the sandwich rule (:class:`posenas.search.sandwich.SandwichObjective`).
+
+    The loop in :func:`train` owns data, optimiser, schedule, checkpoints, resume,
+    validation and stopping; the objective owns the model and what one step computes.
+    """
+
+    #: Wrap the model in DistributedDataParallel under torchrun (False: the objective
+    #: all-reduces its gradients itself).
+    ddp = True
+
+    def __init__(self, arch: Any):
+        self.arch = arch
+
+    def build(self, num_joints: int) -> nn.Module:
+        return build_model(self.arch, num_joints)
+
+    def checkpoint_fields(self) -> dict[str, Any]:
+        """Fields that make the checkpoint self-describing (``arch`` at least)."""
+        return {"arch": self.arch.to_json()}
+
+    def step(self, model: nn.Module, images: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
+             step: int, world: World) -> torch.Tensor:
+        """Forward and backward for one optimiser step; returns the (detached) loss to log."""
+        loss = heatmap_loss(model(images), target, weight)
+        if not world.any_true(not bool(torch.isfinite(loss))):  # every rank backwards, or none (DDP)
+            loss.backward()
+        return loss.detach()
+
+    def before_validation(self, model: nn.Module) -> None:
+        """Put the model in the state validation should see (a supernet: its largest sub-net)."""
+
+
 def lr_lambda(optim: OptimConfig, steps_per_epoch: int, total_steps: int):
     """Multiplier of the base lr at an optimiser step: linear warm-up, then cosine or step decay."""
 
@@ -140,9 +174,9 @@ def _layout(world: World, cfg: ExperimentConfig, steps_per_epoch: int) -> dict[s
     return {"world_size": world.size, "batch_size": cfg.data.batch_size, "steps_per_epoch": steps_per_epoch}
 
 
-def _payload(model, arch, schema_name, codec, cfg, optimizer, scheduler, step, best, layout, metrics) -> dict:
+def _payload(model, objective, schema_name, codec, cfg, optimizer, scheduler, step, best, layout, metrics) -> dict:
     return {
-        "arch": arch.to_json(),
+        **objective.checkpoint_fields(),
         "schema": schema_name,
         "codec": codec.to_dict(),
         "state_dict": _unwrap(model).state_dict(),
@@ -160,6 +194,15 @@ def _payload(model, arch, schema_name, codec, cfg, optimizer, scheduler, step, b
     }
 
 
+def init_weights(model: nn.Module, objective: Objective, path: str) -> None:
+    """``train.init_from``: start from a checkpoint's weights — the same arch's, or a ViPNAS
+    supernet's slices for this arch (weight inheritance before fine-tuning)."""
+    from posenas.search.supernet_checkpoint import inherited_state
+
+    state = inherited_state(path, objective.checkpoint_fields()["arch"])
+    load_weights(model, state, path)
+
+
 def validate(model, cfg: ExperimentConfig, val: PoseDataset, codec: HeatmapCodec, world: World, progress: bool):
     """Predict the val split on GT boxes; returns (metric, result, table, predictions)."""
     if cfg.data.val_max_images is not None:
@@ -174,8 +217,11 @@ def train(
     resume: bool = False,
     progress: bool = True,
     stop_at_step: int | None = None,
+    objective: Objective | None = None,
 ) -> dict:
     """Train (or resume) a run; returns the final validation result.
+
+    ``objective`` defaults to the plain model of ``cfg.model``.
 
     ``stop_at_step`` stops after that many steps as Ctrl-C does (checkpoint written,
     :class:`Interrupted` raised) — used to test resuming.
@@ -189,7 +235,8 @@ def train(
     world = init_world(cfg.train.device)
     try:
         with _StopRequest() as stop:
-            return _train(cfg, run_dir, last, resume, progress, stop_at_step, world, stop)
+            objective = objective or Objective(resolve_arch(cfg.model))
+            return _train(cfg, run_dir, last, resume, progress, stop_at_step, world, stop, objective)
     finally:
         close_world(world)
 
@@ -202,10 +249,10 @@ def _final_done(run_dir: Path, step: int) -> bool:
     return isinstance(results, dict) and results.get("steps") == step
 
 
-def _train(cfg, run_dir, last, resume, progress, stop_at_step, world: World, stop: _StopRequest) -> dict:
+def _train(cfg, run_dir, last, resume, progress, stop_at_step, world: World, stop: _StopRequest,
+           objective: Objective) -> dict:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    arch = resolve_arch(cfg.model)
     train_set = load_dataset(cfg.data.root, cfg.data.train_split)
     val_set = load_dataset(cfg.data.root, cfg.data.val_split)
     if train_set.schema != val_set.schema:
@@ -216,8 +263,10 @@ def _train(cfg, run_dir, last, resume, progress, stop_at_step, world: World, sto
         write_yaml(run_dir / "config.yaml", to_dict(cfg))
 
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-    model = build_model(arch, schema.num_joints).to(world.device)
+    model = objective.build(schema.num_joints).to(world.device)
     check_heatmap_size(model, codec)
+    if cfg.train.init_from and not resume:
+        init_weights(model, objective, cfg.train.init_from)
     train_data = TopDownDataset(train_set, codec, cfg.augment, seed=cfg.train.seed)
     sampler = DistributedSampler(train_data, num_replicas=world.size, rank=world.rank, shuffle=True,
                                  seed=cfg.train.seed, drop_last=True)
@@ -255,17 +304,18 @@ def _train(cfg, run_dir, last, resume, progress, stop_at_step, world: World, sto
             torch.set_rng_state(ts["torch_rng"])
         except (KeyError, ValueError, TypeError, RuntimeError) as e:
             raise PosenasError(f"{last}: training state does not fit this run: {str(e).splitlines()[0]}") from None
-    if world.size > 1:
+    if world.size > 1 and objective.ddp:
         model = DistributedDataParallel(model, device_ids=[world.device.index] if world.device.type == "cuda" else None)
     metrics = _Metrics(run_dir / "metrics.jsonl", world.is_main, step if resume else None)
 
     def checkpoint(extra: dict | None = None, name: str = "last.pt") -> None:
         if world.is_main:
             save_checkpoint(run_dir / "checkpoints" / name,
-                            _payload(model, arch, schema.name, codec, cfg, optimizer, scheduler, step, best, layout, extra))
+                            _payload(model, objective, schema.name, codec, cfg, optimizer, scheduler, step, best, layout, extra))
 
     def record_validation(epoch: int, final: bool) -> dict:
         nonlocal best
+        objective.before_validation(_unwrap(model))
         metric, result, table, preds = validate(model, cfg, val_set, codec, world, progress)
         metrics.write(step=step, epoch=epoch, val={"metric": metric, **result})
         if primary_value(metric, result) > best:  # "best" = highest AP (COCO) or PCKh@0.5 mean
@@ -297,14 +347,13 @@ def _train(cfg, run_dir, last, resume, progress, stop_at_step, world: World, sto
                 images = batch["image"].to(world.device, non_blocking=True)
                 target = batch["target"].to(world.device, non_blocking=True)
                 weight = batch["target_weight"].to(world.device, non_blocking=True)
-                loss = heatmap_loss(model(images), target, weight)
+                optimizer.zero_grad(set_to_none=True)
+                loss = objective.step(model, images, target, weight, step, world)
                 if world.any_true(not bool(torch.isfinite(loss))):
                     raise PosenasError(
                         f"training diverged: loss is {loss.item()} at step {step + 1} (epoch {epoch}); stopped. "
                         f"The last good checkpoint is {last if last.exists() else 'not written yet'}"
                     )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
                 optimizer.step()
                 scheduler.step()
                 step += 1

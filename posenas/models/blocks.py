@@ -230,36 +230,36 @@ class Bottleneck(nn.Module):
 
 
 class InvertedResidual(nn.Module):
-    """MobileNetV2 inverted residual (MBConv): ``1x1 expand -> k x k depthwise (stride) (-> SE) -> 1x1 project``.
+    """MobileNetV2 inverted residual (MBConv): ``1x1 expand -> k x k depthwise (stride) (-> attention) -> 1x1 project``.
 
-    Hidden width: ``hidden_channels`` if given, else ``round(in_channels * expansion)``;
-    with expansion 1 (and no explicit hidden width) the expand conv is omitted, as in
-    MobileNetV2's first block. ``dw_groups`` defaults to the hidden width (a true
-    depthwise conv); ViPNAS searches it. ``se_reduction`` adds squeeze-and-excitation on
-    the hidden features with ``se_gate``. The projection is linear (no activation). A
-    residual connection is used when ``stride == 1`` and ``in_channels == out_channels``.
+    Hidden width: ``hidden_channels`` if given, else ``round(in_channels * expansion)``.
+    The expand conv is omitted when ``expand`` is False; by default (``None``) it is
+    omitted exactly when the hidden width equals the input width (MobileNetV2's first
+    block, MMPose's rule). ``dw_groups`` defaults to the hidden width (a true depthwise
+    conv); ViPNAS searches it. ``attention`` acts on the hidden features after the
+    depthwise conv, where MobileNetV3 puts its squeeze-and-excitation. The projection is
+    linear (no activation). A residual connection is used when ``stride == 1`` and
+    ``in_channels == out_channels``.
     """
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1, expansion: float = 6,
                  kernel: int = 3, act: str = "relu6", hidden_channels: int | None = None,
-                 dw_groups: int | None = None, se_reduction: float | None = None, se_gate: str = "sigmoid",
-                 se_act: str = "relu"):
+                 dw_groups: int | None = None, attention: AttentionFactory | None = None,
+                 expand: bool | None = None):
         super().__init__()
         hidden = hidden_channels if hidden_channels is not None else int(round(in_channels * expansion))
         self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
         self.hidden_channels = hidden
         self.use_residual = stride == 1 and in_channels == out_channels
-        if hidden_channels is None and expansion == 1:
-            self.expand = nn.Identity()
-        else:
-            self.expand = ConvBNAct(in_channels, hidden, 1, act=act)
+        if expand is None:
+            expand = hidden != in_channels
+        self.expand = ConvBNAct(in_channels, hidden, 1, act=act) if expand else nn.Identity()
         self.depthwise = ConvBNAct(hidden, hidden, kernel, stride, groups=dw_groups or hidden, act=act)
-        self.se = (SqueezeExcite(hidden, reduction=se_reduction, act=se_act, gate=se_gate)
-                   if se_reduction is not None else nn.Identity())
+        self.attention = attention(hidden) if attention is not None else nn.Identity()
         self.project = ConvBNAct(hidden, out_channels, 1, act=None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.project(self.se(self.depthwise(self.expand(x))))
+        y = self.project(self.attention(self.depthwise(self.expand(x))))
         return x + y if self.use_residual else y
 
 

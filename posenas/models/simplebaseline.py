@@ -23,6 +23,7 @@ from torch import nn
 from posenas.errors import PosenasError
 from posenas.models.backbones import BACKBONES, build_backbone
 from posenas.models.heads import DeconvHead
+from posenas.spaces.archfields import check_list, check_object, is_int
 
 #: Transposed-conv kernels the head accepts (each exactly doubles H and W at stride 2).
 HEAD_KERNELS = (2, 3, 4)
@@ -33,21 +34,6 @@ MAX_WIDTH_MULT = 4.0
 
 _KEYS = ("space", "backbone", "width_mult", "head")
 _HEAD_KEYS = ("widths", "kernels")
-
-
-def _is_int(value: Any) -> bool:
-    # JSON writers may emit 256.0 for an integer; a bool is never a count.
-    return (not isinstance(value, bool) and isinstance(value, (int, float))
-            and math.isfinite(value) and float(value).is_integer())
-
-
-def _check_object(data: Any, where: str, allowed: tuple[str, ...]) -> dict:
-    if not isinstance(data, dict):
-        raise PosenasError(f"{where}: expected a JSON object, got {type(data).__name__}")
-    for key in data:
-        if key not in allowed:
-            raise PosenasError(f"{where}: unknown key {key!r}; allowed: {', '.join(allowed)}")
-    return data
 
 
 def _check_backbone(value: Any, where: str) -> str:
@@ -67,28 +53,22 @@ def _check_width_mult(value: Any, where: str) -> float:
     return float(value)
 
 
-def _check_list(value: Any, field: str, what: str) -> list:
-    if not isinstance(value, (list, tuple)):
-        raise PosenasError(f"{field}: expected a list of {what}, got {type(value).__name__}")
-    return list(value)
-
-
 def _check_head(widths: Any, kernels: Any, where: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
     what = f"{HEAD_DEPTH} integers"
-    widths = _check_list(widths, f"{where}.head.widths", what)
+    widths = check_list(widths, f"{where}.head.widths", what)
     if len(widths) != HEAD_DEPTH:
         raise PosenasError(f"{where}.head.widths: expected {HEAD_DEPTH} entries (one per stride-2 deconv, "
                            f"backbone stride 32 -> heatmap stride 4), got {len(widths)}")
     for i, w in enumerate(widths):
-        if not _is_int(w) or not 1 <= w <= MAX_HEAD_WIDTH:
+        if not is_int(w) or not 1 <= w <= MAX_HEAD_WIDTH:
             raise PosenasError(f"{where}.head.widths[{i}]: expected an integer in [1, {MAX_HEAD_WIDTH}], got {w!r}")
-    kernels = _check_list(kernels, f"{where}.head.kernels", what)
+    kernels = check_list(kernels, f"{where}.head.kernels", what)
     if len(kernels) != len(widths):
         raise PosenasError(f"{where}.head.kernels: has {len(kernels)} entries but head.widths has {len(widths)}; "
                            "they must have the same length")
     allowed = ", ".join(map(str, HEAD_KERNELS))
     for i, k in enumerate(kernels):
-        if not _is_int(k) or int(k) not in HEAD_KERNELS:
+        if not is_int(k) or int(k) not in HEAD_KERNELS:
             raise PosenasError(f"{where}.head.kernels[{i}]: {k!r} not allowed; allowed: {allowed}")
     return tuple(int(w) for w in widths), tuple(int(k) for k in kernels)
 
@@ -130,7 +110,7 @@ class SimpleBaselineArch:
         """Parse and validate the JSON form; ``width_mult`` and ``head`` (and each of its keys)
         default as in the dataclass. Any bad value raises a one-line :class:`PosenasError`
         naming the field (``where`` prefixes the field path)."""
-        data = _check_object(data, where, _KEYS)
+        data = check_object(data, where, _KEYS)
         if "space" not in data:
             raise PosenasError(f"{where}.space: missing; expected {cls.space!r}")
         if data["space"] != cls.space:
@@ -139,7 +119,7 @@ class SimpleBaselineArch:
             raise PosenasError(f"{where}.backbone: missing; allowed: {', '.join(BACKBONES)}")
         backbone = _check_backbone(data["backbone"], where)
         width_mult = _check_width_mult(data.get("width_mult", 1.0), where)
-        head = _check_object(data.get("head", {}), f"{where}.head", _HEAD_KEYS)
+        head = check_object(data.get("head", {}), f"{where}.head", _HEAD_KEYS)
         widths, kernels = _check_head(head.get("widths", list(cls.head_widths)),
                                       head.get("kernels", list(cls.head_kernels)), where)
         return cls(backbone, width_mult, widths, kernels)

@@ -32,7 +32,7 @@ from posenas.keypoints import COCO17, MPII16, POSETRACK18, KeypointSchema
 from posenas.synthetic.scene import CANONICAL_JOINTS, RenderedImage, RenderedPerson, SceneConfig, render_image, render_video
 
 #: Bump when the renderer or the writers change what a seed produces.
-GENERATOR_VERSION = 2  # 2: MPII files are 1-based with HRNet's centre, like the real release
+GENERATOR_VERSION = 3  # 2: MPII files 1-based with HRNet's centre; 3: people face the camera within max_yaw
 
 SCHEMA_OF_FORMAT: dict[str, KeypointSchema] = {"coco": COCO17, "mpii": MPII16, "posetrack": POSETRACK18}
 
@@ -64,6 +64,7 @@ class SynthSpec:
     width: int = 256
     height: int = 256
     frames: int = 30  # frames per video (posetrack)
+    max_yaw: float = 60.0  # people face the camera within +-max_yaw degrees (180: any direction)
     version: int = field(default=GENERATOR_VERSION)
 
     def __post_init__(self) -> None:
@@ -78,12 +79,14 @@ class SynthSpec:
             raise PosenasError(f"--max-people: must be between 1 and 12, got {self.max_people}")
         if not (64 <= self.width <= 2048 and 64 <= self.height <= 2048):
             raise PosenasError(f"--size: width and height must be between 64 and 2048, got {self.width}x{self.height}")
+        if not 0 <= self.max_yaw <= 180:
+            raise PosenasError(f"--max-yaw: must be between 0 and 180 degrees, got {self.max_yaw}")
         if self.format == "posetrack" and not 2 <= self.frames <= 1000:
             raise PosenasError(f"--frames: must be between 2 and 1000, got {self.frames}")
 
     @property
     def scene(self) -> SceneConfig:
-        return SceneConfig(width=self.width, height=self.height, max_people=self.max_people)
+        return SceneConfig(width=self.width, height=self.height, max_people=self.max_people, max_yaw=self.max_yaw)
 
 
 def default_spec(fmt: str = "coco", **overrides) -> SynthSpec:
@@ -169,6 +172,14 @@ def _write_split(spec: SynthSpec, split: str, root: Path, pool, progress: bool) 
     dataset = PoseDataset(spec.format, schema, image_root, images, root)
     write_annotations(dataset, root, split)
     return dataset
+
+
+def ensure_synthetic(out: str | Path, spec: SynthSpec, progress: bool = True) -> dict:
+    """:func:`synthesize` for a folder the caller owns (the demo's, a benchmark's): a dataset
+    made by an older generator or with other settings is remade instead of refused."""
+    manifest = Path(out) / "manifest.json"
+    stale = manifest.exists() and read_json(manifest).get("spec") != asdict(spec)
+    return synthesize(out, spec, overwrite=stale, progress=progress)
 
 
 def synthesize(

@@ -51,6 +51,7 @@ class SceneConfig:
     blur_prob: float = 0.35  # defocus or motion blur
     max_noise: float = 10.0  # sensor noise standard deviation, grey levels (drawn in 0..max)
     lighting: float = 1.0  # strength of global lighting / contrast / colour-cast variation
+    max_yaw: float = 60.0  # people face the camera within +-max_yaw degrees (180: any direction)
 
     def __post_init__(self) -> None:
         for name in ("width", "height", "max_people"):
@@ -70,6 +71,8 @@ class SceneConfig:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise PosenasError(f"SceneConfig.{name}: must be a probability in [0, 1], got {value}")
+        if not 0 <= self.max_yaw <= 180:
+            raise PosenasError(f"SceneConfig.max_yaw: must be in [0, 180] degrees, got {self.max_yaw}")
         for name in ("clutter", "max_noise", "lighting"):
             if not getattr(self, name) >= 0:
                 raise PosenasError(f"SceneConfig.{name}: must be >= 0, got {getattr(self, name)}")
@@ -391,7 +394,7 @@ def _sample_people(rng: np.random.Generator, cfg: SceneConfig, frames: int) -> t
         apps.append(R.sample_appearance(rng))
         angles0.append(B.sample_pose(rng))
         u = rng.random(5)
-        yaw = 2 * math.pi * u[0]
+        yaw = math.radians(cfg.max_yaw) * (2 * u[0] - 1)
         pitch = min(max(rng.normal(0, 0.1), -0.3), 0.3)
         roll = min(max(rng.normal(0, 0.08), -0.3), 0.3) if u[1] > 0.05 else -1.3 + 2.6 * u[2]
         if i > 0 and u[3] < cfg.overlap_prob:  # groups: similar apparent heights

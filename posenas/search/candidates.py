@@ -1,0 +1,112 @@
+"""Evaluating a sub-net of a trained supernet: cost (GMACs, params, measured latency) and
+accuracy after BN re-calibration.
+
+Why re-calibrate: the supernet's BN running statistics are a blend over every sub-net
+trained, so a sub-net evaluated with them scores near zero. As in Once-for-All, each
+candidate's BN statistics are reset and re-estimated (cumulative average) on the same
+fixed training batches before it is evaluated.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from posenas.codecs.heatmap import HeatmapCodec
+from posenas.cost import count_macs, count_params, measure_latency
+from posenas.data.records import PoseDataset
+from posenas.data.topdown import TopDownDataset
+from posenas.engine.predict import evaluate_model, primary_value
+from posenas.search.config import SearchConfig
+from posenas.spaces.vipnas import ViPNASArch, ViPNASSupernet, derive
+
+
+def arch_key(arch: ViPNASArch) -> str:
+    """A canonical string of an arch (to recognise candidates already evaluated)."""
+    return json.dumps(arch.to_json(), sort_keys=True)
+
+
+def recalibrate_bn(model: nn.Module, batches: list[torch.Tensor]) -> None:
+    """Reset every BatchNorm's running statistics and re-estimate them as the plain average
+    over ``batches`` (forward passes in train mode, no gradients); the model ends in eval mode."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average
+    model.train()
+    with torch.no_grad():
+        for images in batches:
+            model(images)
+    for m, momentum in zip(norms, saved):
+        m.momentum = momentum
+    model.eval()
+
+
+def calibration_batches(train: PoseDataset, codec: HeatmapCodec, augment, batch_size: int, count: int,
+                        seed: int) -> list[torch.Tensor]:
+    """``count`` fixed training batches (augmented as in training, a seeded sample) shared by all candidates."""
+    data = TopDownDataset(train, codec, augment, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(data), generator=g)[: count * batch_size].tolist()
+    loader = DataLoader(Subset(data, order), batch_size=batch_size, drop_last=False)
+    return [batch["image"] for batch in loader]
+
+
+@dataclass
+class Evaluator:
+    """Costs and scores sub-nets of one supernet; costs are cached per arch."""
+
+    supernet: ViPNASSupernet
+    val: PoseDataset
+    codec: HeatmapCodec
+    device: torch.device
+    calib: list[torch.Tensor]
+    cfg: SearchConfig
+    batch_size: int = 64
+    _costs: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.cfg.val_max_images is not None:
+            self.val = replace(self.val, images=self.val.images[: self.cfg.val_max_images])
+
+    def cost(self, arch: ViPNASArch) -> dict[str, Any]:
+        key = arch_key(arch)
+        if key not in self._costs:
+            model = derive(arch, self.supernet.num_joints).eval()
+            size = self.codec.input_size
+            cost = {"gmacs": count_macs(model, size)[0] / 1e9, "params_m": count_params(model) / 1e6}
+            # measured for every candidate: the Pareto plot has a latency axis
+            cost["latency_ms"] = measure_latency(model, size, threads=self.cfg.latency_threads, warmup=2,
+                                                 runs=self.cfg.latency_runs)["median"]
+            self._costs[key] = cost
+        return self._costs[key]
+
+    def fits(self, arch: ViPNASArch) -> bool:
+        """Within the budget (GMACs checked first: it needs no timing)."""
+        cfg = self.cfg
+        if cfg.max_gmacs is not None and self.cost_macs_only(arch) > cfg.max_gmacs:
+            return False
+        if cfg.max_latency_ms is not None and self.cost(arch)["latency_ms"] > cfg.max_latency_ms:
+            return False
+        return True
+
+    def cost_macs_only(self, arch: ViPNASArch) -> float:
+        key = arch_key(arch)
+        if key in self._costs:
+            return self._costs[key]["gmacs"]
+        return count_macs(derive(arch, self.supernet.num_joints).eval(), self.codec.input_size)[0] / 1e9
+
+    def evaluate(self, arch: ViPNASArch) -> dict[str, Any]:
+        """Inherit weights, re-calibrate BN, score on val: the cost fields plus ``metric``, the
+        scores and ``score`` (AP for COCO, PCKh@0.5 for MPII)."""
+        model = derive(arch, self.supernet.num_joints, self.supernet).to(self.device)
+        recalibrate_bn(model, [b.to(self.device) for b in self.calib])
+        metric, result, _, _ = evaluate_model(model, self.val, self.codec, self.device, flip_test=self.cfg.flip_test,
+                                              batch_size=self.batch_size, workers=0, progress=False)
+        return {**self.cost(arch), "metric": metric, **result, "score": primary_value(metric, result)}

@@ -1,0 +1,164 @@
+"""`posenas search`: train a ViPNAS supernet, then search it under a budget.
+
+Run directory::
+
+    config.yaml         the resolved search config
+    supernet/           the supernet's training run (checkpoints, metrics.jsonl, results.json)
+    candidates.jsonl    one line per evaluated sub-net: strategy, index, arch, gmacs, params_m,
+                        latency_ms, AP (or PCKh) ...; appended as they finish
+    best_arch.json      the best candidate's arch (train it: posenas train --arch best_arch.json)
+    results.json        the best per strategy and overall
+    pareto.png          AP vs GMACs and vs latency, Pareto fronts marked
+
+Interrupt it at any point and run it again with ``--resume``: supernet training resumes
+from its last checkpoint, finished candidates are read back, and the search continues
+with the same draws.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from posenas.arch import arch_from_json, save_arch_file
+from posenas.checkpoint import load_checkpoint
+from posenas.config import to_dict, write_yaml
+from posenas.data.layout import load_dataset
+from posenas.engine.distributed import resolve_device
+from posenas.engine.train import make_codec, train
+from posenas.errors import PosenasError
+from posenas.jsonio import read_jsonl, write_json
+from posenas.search.candidates import Evaluator, calibration_batches
+from posenas.search.config import SearchExperimentConfig
+from posenas.search.sandwich import SandwichObjective
+from posenas.search.strategies import evolution_search, random_search
+from posenas.search.supernet_checkpoint import supernet_from_checkpoint
+
+
+def train_supernet(cfg: SearchExperimentConfig, out: Path, progress: bool = True) -> Path:
+    """Phase 1 (resumable; a finished one is skipped): returns the supernet checkpoint."""
+    run = out / "supernet"
+    last = run / "checkpoints" / "last.pt"
+    if not (run / "results.json").exists():
+        sc = cfg.supernet
+        objective = SandwichObjective(sc.space, sc.parsed_choices(), sc.random_subnets, sc.distill, cfg.train.seed)
+        train(cfg.training(), run, resume=last.exists(), progress=progress, objective=objective)
+    return last
+
+
+def _record_reader(path: Path, bar: tqdm, evaluator: Evaluator):
+    done = {(r.get("strategy"), r.get("index")): r for r in read_jsonl(path)} if path.exists() else {}
+    scores: list[float] = []
+
+    def evaluate(arch, strategy: str, index: int) -> dict[str, Any]:
+        record = done.get((strategy, index))
+        if record is not None and record.get("arch") != arch.to_json():
+            raise PosenasError(f"{path}: line for {strategy} #{index} holds another arch than this search draws "
+                               "(was the config changed?); search into a new --out")
+        if record is None:
+            record = {"strategy": strategy, "index": index, "arch": arch.to_json(), **evaluator.evaluate(arch)}
+            with path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+        scores.append(record["score"])
+        bar.update(1)
+        bar.set_postfix(best=f"{max(scores):.4f}")
+        return {**record, "_arch": arch}
+
+    return evaluate
+
+
+def pareto_front(records: list[dict], cost: str) -> list[dict]:
+    """Records no other record beats on both ``score`` (higher) and ``cost`` (lower)."""
+    front, best = [], float("-inf")
+    for r in sorted(records, key=lambda r: (r[cost], -r["score"])):
+        if r["score"] > best:
+            front.append(r)
+            best = r["score"]
+    return front
+
+
+def plot_pareto(records: list[dict], path: Path, metric: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, cost, label in zip(axes, ("gmacs", "latency_ms"), ("GMACs", "latency (ms, batch 1)")):
+        for strategy, marker in (("random", "o"), ("evolution", "^")):
+            rs = [r for r in records if r["strategy"] == strategy]
+            if rs:
+                ax.scatter([r[cost] for r in rs], [r["score"] for r in rs], marker=marker, alpha=0.6, label=strategy)
+        front = pareto_front(records, cost)
+        ax.plot([r[cost] for r in front], [r["score"] for r in front], "k--", lw=1, label="Pareto front")
+        ax.set_xlabel(label)
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".partial.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def search_supernet(cfg: SearchExperimentConfig, out: Path, checkpoint: Path, progress: bool = True) -> dict:
+    """Phase 2: the strategies of ``cfg.search`` over the trained supernet."""
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    device = resolve_device(cfg.train.device)
+    supernet = supernet_from_checkpoint(load_checkpoint(checkpoint), checkpoint).to(device).eval()
+    train_set = load_dataset(cfg.data.root, cfg.data.train_split)
+    val_set = load_dataset(cfg.data.root, cfg.data.val_split)
+    codec = make_codec(cfg.training())
+    sc = cfg.search
+    calib = calibration_batches(train_set, codec, cfg.augment, cfg.data.batch_size, sc.calib_batches, sc.seed)
+    evaluator = Evaluator(supernet, val_set, codec, device, calib, sc, batch_size=cfg.data.batch_size * 2)
+    choices, space = cfg.supernet.parsed_choices(), cfg.supernet.space
+    bar = tqdm(total=sc.candidates * len(sc.strategies), desc="search", unit="candidate", disable=not progress)
+    evaluate = _record_reader(out / "candidates.jsonl", bar, evaluator)
+    records: list[dict] = []
+    try:
+        for strategy in sc.strategies:
+            if strategy == "random":
+                records += random_search(space, choices, sc.candidates, sc.seed, evaluator.fits, evaluate)
+            else:
+                records += evolution_search(space, choices, sc.candidates, sc.seed, evaluator.fits, evaluate,
+                                            sc.population, sc.parents, sc.mutate_prob)
+    finally:
+        bar.close()
+    for r in records:
+        r.pop("_arch")
+    best = max(records, key=lambda r: r["score"])
+    save_arch_file(out / "best_arch.json", arch_from_json(best["arch"]))
+    summary = {"metric": best["metric"], "best": best,
+               "best_per_strategy": {s: max((r for r in records if r["strategy"] == s), key=lambda r: r["score"])
+                                     for s in sc.strategies},
+               "budget": {"max_gmacs": sc.max_gmacs, "max_latency_ms": sc.max_latency_ms},
+               "evaluations": len(records)}
+    write_json(out / "results.json", summary, indent=2)
+    plot_pareto(records, out / "pareto.png", best["metric"])
+    return summary
+
+
+def run_search(cfg: SearchExperimentConfig, out: str | Path, resume: bool = False, progress: bool = True) -> dict:
+    """Both phases; with ``resume`` an interrupted run continues."""
+    out = Path(out)
+    if not resume and (out / "config.yaml").exists():
+        raise PosenasError(f"{out}: holds a search already; pass --resume to continue it or choose another --out")
+    if resume and not (out / "config.yaml").exists():
+        raise PosenasError(f"{out}: nothing to resume (no config.yaml)")
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    if is_main and not resume:
+        out.mkdir(parents=True, exist_ok=True)
+        write_yaml(out / "config.yaml", to_dict(cfg))
+    checkpoint = train_supernet(cfg, out, progress)
+    if not is_main:  # under torchrun the search itself runs on rank 0
+        return {}
+    return search_supernet(cfg, out, checkpoint, progress)
