@@ -10,6 +10,7 @@ gives back the plain form that is written, resolved, into every run directory.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
@@ -81,10 +82,15 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads 1e-6 (no dot) as a string
     elif tp is str:
         if isinstance(value, str):
             return value
     raise PosenasError(f"{path}: expected {_type_name(tp)}, got {value!r}")
+
+
+_SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def from_dict(cls: type[T], data: Any, path: str = "config") -> T:

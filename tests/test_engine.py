@@ -65,6 +65,8 @@ def test_config_errors_name_the_path(tmp_path):
     cfg = load_config(ExperimentConfig, path, ["optim.lr=0.5", "data.input_size=[64, 48]"])
     assert cfg.train.epochs == 3 and cfg.optim.lr == 0.5 and cfg.data.input_size == (64, 48)
     assert from_dict(ExperimentConfig, to_dict(cfg)) == cfg  # config -> plain -> config
+    path.write_text("optim:\n  lr: 1e-3\n")  # YAML 1.1 reads this as a string; it is a number here
+    assert load_config(ExperimentConfig, path).optim.lr == 0.001
 
 
 def test_input_size_the_model_cannot_take(tmp_path, data_root):

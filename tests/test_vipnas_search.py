@@ -1,0 +1,157 @@
+"""ViPNAS supernet training and search: sandwich sampling, BN re-calibration, the search
+run (files, resume, budget) and weight inheritance into `train --arch --init-from`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from posenas.arch import load_arch_file
+from posenas.checkpoint import load_checkpoint, model_from_checkpoint
+from posenas.cli import main
+from posenas.config import from_dict
+from posenas.errors import PosenasError
+from posenas.jsonio import read_jsonl
+from posenas.search.candidates import recalibrate_bn
+from posenas.search.config import SearchExperimentConfig
+from posenas.search.run import pareto_front
+from posenas.search.sandwich import SandwichObjective
+from posenas.spaces.vipnas import derive, largest_arch, smallest_arch
+
+from conftest import make_dataset
+
+TINY_CHOICES = {
+    "stem": {"widths": [16, 24]},
+    "stages": [{"depths": [1, 2], "widths": [16, 32], "expansions": [1, 2], "kernels": [3, 5], "groups": [2, 4]},
+               {"depths": [1], "widths": [32], "expansions": [1, 2], "kernels": [3], "groups": [2, 4]},
+               {"depths": [1], "widths": [64], "expansions": [1, 2], "kernels": [3], "groups": [2, 4]},
+               {"depths": [1, 2], "widths": [128, 144], "expansions": [1, 2], "kernels": [3, 5], "groups": [2, 4]}],
+    "head": {"widths": [16, 32], "groups": [2, 4], "kernels": [2, 4]},
+}
+
+
+def search_yaml(path: Path, root: Path, **search) -> Path:
+    cfg = {
+        "supernet": {"space": "vipnas-resnet", "choices": TINY_CHOICES},
+        "data": {"root": str(root), "train_split": "val", "val_split": "val", "input_size": [64, 64],
+                 "batch_size": 4, "workers": 0},
+        "optim": {"lr": 0.001, "warmup_steps": 1},
+        "train": {"epochs": 1, "max_steps": 2, "device": "cpu", "threads": 1, "val_every": 0, "flip_test": False},
+        "search": {"candidates": 3, "population": 2, "parents": 1, "calib_batches": 1, "latency_runs": 1,
+                   "val_max_images": 4, **search},
+    }
+    path.write_text(json.dumps(cfg))  # JSON is YAML
+    return path
+
+
+@pytest.fixture
+def data_root(tmp_path):
+    make_dataset("coco", tmp_path / "data", images=6, people=2)
+    return tmp_path / "data"
+
+
+def test_sandwich_subnets_depend_on_seed_and_step_only():
+    cfg = from_dict(SearchExperimentConfig, {"supernet": {"space": "vipnas-resnet", "choices": TINY_CHOICES}})
+    choices = cfg.supernet.parsed_choices()
+    a, b = SandwichObjective("vipnas-resnet", choices, 2, seed=5), SandwichObjective("vipnas-resnet", choices, 2, seed=5)
+    assert a.subnets(7) == b.subnets(7)  # what every rank of a torchrun computes
+    assert a.subnets(7) != a.subnets(8)
+    subnets = a.subnets(7)
+    assert len(subnets) == 4 and subnets[0] == largest_arch("vipnas-resnet", choices)
+    assert subnets[1] == smallest_arch("vipnas-resnet", choices)
+
+
+def test_recalibrated_bn_holds_the_average_of_the_batch_statistics():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4))
+    model[1].running_mean.fill_(9.0)
+    batches = [torch.randn(2, 3, 5, 5) * (i + 1) + i for i in range(3)]
+    recalibrate_bn(model, batches)
+    with torch.no_grad():
+        feats = [model[0](b) for b in batches]
+    mean = torch.stack([f.mean((0, 2, 3)) for f in feats]).mean(0)
+    var = torch.stack([f.var((0, 2, 3), unbiased=True) for f in feats]).mean(0)
+    assert torch.allclose(model[1].running_mean, mean, atol=1e-5)
+    assert torch.allclose(model[1].running_var, var, atol=1e-4)
+    assert not model.training and model[1].momentum == 0.1
+
+
+def test_pareto_front_by_hand():
+    recs = [{"gmacs": 1, "score": 0.1}, {"gmacs": 2, "score": 0.3}, {"gmacs": 3, "score": 0.2},
+            {"gmacs": 4, "score": 0.5}, {"gmacs": 2, "score": 0.05}]
+    assert [(r["gmacs"], r["score"]) for r in pareto_front(recs, "gmacs")] == [(1, 0.1), (2, 0.3), (4, 0.5)]
+
+
+def test_search_run_writes_its_files_resumes_and_feeds_training(tmp_path, data_root, capsys):
+    cfg = search_yaml(tmp_path / "s.yaml", data_root)
+    out = tmp_path / "search"
+    assert main(["search", "--config", str(cfg), "--out", str(out), "--quiet"]) == 0
+    records = read_jsonl(out / "candidates.jsonl")
+    assert [(r["strategy"], r["index"]) for r in records] == [("random", i) for i in range(3)] + [
+        ("evolution", i) for i in range(3)]
+    for r in records:
+        assert {"arch", "gmacs", "params_m", "latency_ms", "AP", "score"} <= set(r)
+    best = max(records, key=lambda r: r["score"])
+    assert load_arch_file(out / "best_arch.json").to_json() == best["arch"]
+    assert (out / "pareto.png").stat().st_size > 0
+    assert json.loads((out / "results.json").read_text())["evaluations"] == 6
+    ckpt = load_checkpoint(out / "supernet" / "checkpoints" / "last.pt")
+    assert ckpt["supernet"]["space"] == "vipnas-resnet"
+    # a supernet checkpoint loads as the plain model of its largest sub-net
+    assert not hasattr(model_from_checkpoint(out / "supernet" / "checkpoints" / "last.pt").model, "set_active")
+
+    # resume: nothing is re-evaluated (a marker written into the file survives) and the draws repeat
+    lines = (out / "candidates.jsonl").read_text().splitlines()
+    marked = [json.dumps({**json.loads(line), "marker": i}) for i, line in enumerate(lines[:4])]
+    (out / "candidates.jsonl").write_text("\n".join(marked) + "\n")
+    assert main(["search", "--resume", "--out", str(out), "--quiet"]) == 0
+    again = read_jsonl(out / "candidates.jsonl")
+    assert [r.get("marker") for r in again[:4]] == [0, 1, 2, 3]
+    assert [r["arch"] for r in again] == [r["arch"] for r in records]
+    assert main(["search", "--config", str(cfg), "--out", str(out), "--quiet"]) != 0
+    assert "holds a search already; pass --resume" in capsys.readouterr().err
+
+    # retrain the best arch from the supernet's weights: the first forward equals the supernet sub-net's
+    run = tmp_path / "retrain"
+    supernet_ckpt = out / "supernet" / "checkpoints" / "last.pt"
+    assert main(["train", "--arch", str(out / "best_arch.json"), "--init-from", str(supernet_ckpt), "--out", str(run),
+                 "--quiet", f"data.root={data_root}", "data.train_split=val", "data.input_size=[64, 64]",
+                 "data.batch_size=4", "data.workers=0", "train.max_steps=1", "train.device=cpu",
+                 "train.val_every=0", "train.flip_test=false"]) == 0
+    from posenas.search.supernet_checkpoint import inherited_state
+
+    arch = load_arch_file(out / "best_arch.json")
+    inherited = derive(arch, 17)
+    inherited.load_state_dict(inherited_state(supernet_ckpt, arch.to_json()))
+    trained = load_checkpoint(run / "checkpoints" / "last.pt")["state_dict"]
+    key = "backbone.stem.conv.weight"
+    assert trained[key].shape == inherited.state_dict()[key].shape
+    assert 0 < (trained[key] - inherited.state_dict()[key]).abs().max() < 0.05  # one small step away
+
+
+def test_search_budget_errors(tmp_path, data_root, capsys):
+    cfg = search_yaml(tmp_path / "s.yaml", data_root, max_gmacs=1e-6)
+    assert main(["search", "--config", str(cfg), "--out", str(tmp_path / "s"), "--quiet"]) != 0
+    assert "no sub-net fits the budget (not even the smallest)" in capsys.readouterr().err
+    with pytest.raises(PosenasError, match=r"config\.supernet\.choices\.stages\[0\]\.widths\[0\]: 20 not allowed"):
+        from_dict(SearchExperimentConfig, {"supernet": {"choices": {"stages": [{"widths": [20]}, {}, {}, {}]}}})
+    with pytest.raises(PosenasError, match=r"config\.search\.strategies: unknown strategy 'grid'"):
+        from_dict(SearchExperimentConfig, {"search": {"strategies": ["grid"]}})
+
+
+def test_init_from_a_supernet_that_lacks_the_arch(tmp_path, data_root, capsys):
+    cfg = search_yaml(tmp_path / "s.yaml", data_root, candidates=1, population=1)
+    out = tmp_path / "search"
+    assert main(["search", "--config", str(cfg), "--out", str(out), "--quiet"]) == 0
+    arch = largest_arch("vipnas-resnet").to_json()  # the full space's largest: not in the tiny supernet
+    (tmp_path / "big.json").write_text(json.dumps(arch))
+    capsys.readouterr()
+    assert main(["train", "--arch", str(tmp_path / "big.json"), "--init-from",
+                 str(out / "supernet" / "checkpoints" / "last.pt"), "--out", str(tmp_path / "r"), "--quiet",
+                 f"data.root={data_root}", "data.train_split=val", "data.input_size=[64, 64]", "data.workers=0",
+                 "train.max_steps=1", "train.device=cpu"]) != 0
+    assert "cannot inherit weights: arch: not a sub-net of this supernet: stem.width" in capsys.readouterr().err
