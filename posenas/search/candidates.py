@@ -70,6 +70,7 @@ class Evaluator:
     cfg: SearchConfig
     batch_size: int = 64
     _costs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _macs: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.cfg.val_max_images is not None:
@@ -80,7 +81,7 @@ class Evaluator:
         if key not in self._costs:
             model = derive(arch, self.supernet.num_joints).eval()
             size = self.codec.input_size
-            cost = {"gmacs": count_macs(model, size)[0] / 1e9, "params_m": count_params(model) / 1e6}
+            cost = {"gmacs": self.cost_macs_only(arch), "params_m": count_params(model) / 1e6}
             # measured for every candidate: the Pareto plot has a latency axis
             cost["latency_ms"] = measure_latency(model, size, threads=self.cfg.latency_threads, warmup=2,
                                                  runs=self.cfg.latency_runs)["median"]
@@ -98,9 +99,10 @@ class Evaluator:
 
     def cost_macs_only(self, arch: ViPNASArch) -> float:
         key = arch_key(arch)
-        if key in self._costs:
-            return self._costs[key]["gmacs"]
-        return count_macs(derive(arch, self.supernet.num_joints).eval(), self.codec.input_size)[0] / 1e9
+        if key not in self._macs:
+            model = derive(arch, self.supernet.num_joints).eval()
+            self._macs[key] = count_macs(model, self.codec.input_size)[0] / 1e9
+        return self._macs[key]
 
     def evaluate(self, arch: ViPNASArch) -> dict[str, Any]:
         """Inherit weights, re-calibrate BN, score on val: the cost fields plus ``metric``, the

@@ -25,19 +25,23 @@ Evaluate = Callable[[ViPNASArch, str, int], dict[str, Any]]
 MAX_TRIES = 2000
 
 
+def check_budget(space_name: str, choices: Choices, fits: Callable[[ViPNASArch], bool]) -> None:
+    if not fits(smallest_arch(space_name, choices)):
+        raise PosenasError("config.search: no sub-net fits the budget (not even the smallest); raise "
+                           "max_gmacs / max_latency_ms or restrict the choices to smaller values")
+
+
 def _feasible(draw: Callable[[], ViPNASArch], fits: Callable[[ViPNASArch], bool], seen: set[str],
               space_name: str, choices: Choices) -> ViPNASArch:
     for _ in range(MAX_TRIES):
         arch = draw()
         if arch_key(arch) not in seen and fits(arch):
             return arch
-    if not fits(smallest_arch(space_name, choices)):
-        raise PosenasError("config.search: no sub-net fits the budget (not even the smallest); raise "
-                           "max_gmacs / max_latency_ms or restrict the choices to smaller values")
     raise PosenasError(f"config.search: found no new sub-net within the budget in {MAX_TRIES} draws")
 
 
 def random_search(space_name: str, choices: Choices, k: int, seed: int, fits, evaluate: Evaluate) -> list[dict]:
+    check_budget(space_name, choices, fits)
     rng = random.Random(f"random:{seed}")
     seen: set[str] = set()
     records = []
@@ -50,6 +54,7 @@ def random_search(space_name: str, choices: Choices, k: int, seed: int, fits, ev
 
 def evolution_search(space_name: str, choices: Choices, k: int, seed: int, fits, evaluate: Evaluate,
                      population: int, parents: int, mutate_prob: float) -> list[dict]:
+    check_budget(space_name, choices, fits)
     rng = random.Random(f"evolution:{seed}")
     seen: set[str] = set()
     records: list[dict] = []
