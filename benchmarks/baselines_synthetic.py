@@ -20,6 +20,7 @@ import torch
 
 from posenas.arch import build_model, named_arch
 from posenas.config import load_config
+from posenas.cost import count_macs, count_params
 from posenas.engine.config import ExperimentConfig
 from posenas.engine.evaluate import evaluate_checkpoint
 from posenas.engine.train import train
@@ -27,15 +28,6 @@ from posenas.jsonio import read_json, write_json
 from posenas.synthetic.generate import default_spec, ensure_synthetic
 
 MODELS = ("simplebaseline-small", "simplebaseline-mobilenetv2", "simplebaseline-resnet18")
-
-
-def macs(name: str, size: tuple[int, int]) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    model = build_model(named_arch(name), 17).eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(torch.zeros(1, 3, *size))
-    return counter.get_total_flops() / 2
 
 
 def main() -> None:
@@ -63,8 +55,8 @@ def main() -> None:
             write_json(timing, {"seconds": previous + time.perf_counter() - start})
         _, stats, _, _ = evaluate_checkpoint(run / "checkpoints" / "last.pt", args.data, run / "eval", flip_test=True,
                                              progress=False)
-        params = sum(p.numel() for p in build_model(named_arch(name), 17).parameters())
-        rows.append((name, params / 1e6, macs(name, cfg.data.input_size) / 1e9,
+        model = build_model(named_arch(name), 17)
+        rows.append((name, count_params(model) / 1e6, count_macs(model, cfg.data.input_size)[0] / 1e9,
                      read_json(timing)["seconds"] / 60 if timing.exists() else float("nan"), stats))
     print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; "
           f"{args.steps} steps of batch 32 at 128x96; val: GT boxes, flip test")

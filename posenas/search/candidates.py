@@ -81,7 +81,9 @@ class Evaluator:
         if key not in self._costs:
             model = derive(arch, self.supernet.num_joints).eval()
             size = self.codec.input_size
-            cost = {"gmacs": self.cost_macs_only(arch), "params_m": count_params(model) / 1e6}
+            if key not in self._macs:
+                self._macs[key] = count_macs(model, size)[0] / 1e9
+            cost = {"gmacs": self._macs[key], "params_m": count_params(model) / 1e6}
             # measured for every candidate: the Pareto plot has a latency axis
             cost["latency_ms"] = measure_latency(model, size, threads=self.cfg.latency_threads, warmup=2,
                                                  runs=self.cfg.latency_runs)["median"]

@@ -271,9 +271,3 @@ def gc_planes(channels: int) -> int:
     """GCNet transform width with ViPNAS's ratio ``max(1/16, 16/channels)`` (MMPose's S-ViPNAS)."""
     return max(1, int(round(channels * max(1 / 16, 16 / channels))))
 
-
-def count_active(module: nn.Module) -> int:
-    """Parameters of the active sub-net (what its derived plain model would hold, BN stats excluded)."""
-    tensors = module.active_tensors()
-    return sum(v.numel() for k, v in tensors.items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
-

@@ -451,11 +451,9 @@ class _ElasticBlock(nn.Module):
                                              max_group_width=max_group_width)
             self.attention = E.ElasticAttention(stage.attentions, max_hidden, se, gc)
             self.project = E.ElasticConvBN(max_hidden, max_w, 1, act=None)
-        self.setting = (max_in, max_w, 1, kmax, 1, "none")
 
     def set_active(self, in_channels: int, s: StageArch, space: SpaceDef, stride: int) -> None:
         hidden = space.hidden(s.width, s.expansion)
-        self.setting = (in_channels, s.width, hidden, s.kernel, s.groups, s.attention)
         if self.kind == "bottleneck":
             self.conv1.set_active(in_channels, hidden)
             self.conv2.set_active(hidden, hidden, s.kernel, s.groups)
