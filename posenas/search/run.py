@@ -109,7 +109,8 @@ def plot_pareto(records: list[dict], path: Path, metric: str) -> None:
 
 
 def search_supernet(cfg: SearchExperimentConfig, out: Path, checkpoint: Path, progress: bool = True) -> dict:
-    """Phase 2: the strategies of ``cfg.search`` over the trained supernet."""
+    """Phase 2: the strategies of ``cfg.search`` over the trained supernet (results into ``out``)."""
+    out.mkdir(parents=True, exist_ok=True)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
