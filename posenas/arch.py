@@ -24,6 +24,7 @@ from torch import nn
 from posenas.errors import PosenasError
 from posenas.jsonio import read_json, write_json
 from posenas.models.simplebaseline import SimpleBaselineArch, build_simplebaseline
+from posenas.spaces.efficientpose import EfficientPoseArch, build_efficientpose
 from posenas.spaces.vipnas import ViPNASMobileNetV3Arch, ViPNASResNetArch, build_vipnas
 
 
@@ -48,6 +49,7 @@ ARCH_SPACES: dict[str, ArchSpace] = {
     "simplebaseline": ArchSpace(SimpleBaselineArch, build_simplebaseline),
     "vipnas-resnet": ArchSpace(ViPNASResNetArch, build_vipnas),
     "vipnas-mobilenetv3": ArchSpace(ViPNASMobileNetV3Arch, build_vipnas),
+    "efficientpose": ArchSpace(EfficientPoseArch, build_efficientpose),
 }
 
 #: Named architectures, as arch JSON.
