@@ -51,7 +51,7 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
 
 
 def test_config_errors_name_the_path(tmp_path):
-    with pytest.raises(PosenasError, match=r"config\.optim\.lrr: unknown key; allowed: lr, weight_decay"):
+    with pytest.raises(PosenasError, match=r"config\.optim\.lrr: unknown key; allowed: optimizer, lr, weight_decay"):
         from_dict(ExperimentConfig, {"optim": {"lrr": 1}})
     with pytest.raises(PosenasError, match=r"config\.train\.epochs: expected an integer, got 'ten'"):
         from_dict(ExperimentConfig, {"train": {"epochs": "ten"}})

@@ -50,8 +50,10 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
+    optimizer: Literal["adam", "sgd"] = "adam"
     lr: float = 1e-3
     weight_decay: float = 0.0
+    momentum: float = 0.9  # SGD only
     schedule: Literal["cosine", "step"] = "cosine"
     warmup_steps: int = 100
     milestones: tuple[int, ...] = ()  # epochs at which the step schedule multiplies lr by gamma
@@ -64,6 +66,8 @@ class OptimConfig:
             raise PosenasError(f"config.optim.weight_decay: must be >= 0, got {self.weight_decay}")
         if self.warmup_steps < 0:
             raise PosenasError(f"config.optim.warmup_steps: must be >= 0, got {self.warmup_steps}")
+        if not 0 <= self.momentum < 1:
+            raise PosenasError(f"config.optim.momentum: must be in [0, 1), got {self.momentum}")
 
 
 @dataclass(frozen=True)

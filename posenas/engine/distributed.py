@@ -52,6 +52,19 @@ class World:
         return bool(t.item() > 0)
 
 
+def average_gradients(params, world: World) -> None:
+    """All-reduce and average ``.grad`` of ``params`` over the ranks, for objectives that do not
+    use DistributedDataParallel. A parameter with no gradient on this rank contributes zeros,
+    so every rank ends with the same gradients for every parameter."""
+    if world.size == 1:
+        return
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad)
+        p.grad /= world.size
+
+
 def init_world(device_name: str) -> World:
     """Join the process group when started by torchrun (WORLD_SIZE > 1)."""
     size = int(os.environ.get("WORLD_SIZE", "1"))

@@ -120,6 +120,30 @@ class Objective:
         """Fields that make the checkpoint self-describing (``arch`` at least)."""
         return {"arch": self.arch.to_json()}
 
+    def weight_split(self, train_set: PoseDataset) -> PoseDataset:
+        """The part of the training split the optimiser's steps iterate over (all of it here;
+        a differentiable search keeps a held-out part for its architecture parameters)."""
+        return train_set
+
+    def prepare(self, model: nn.Module, codec: HeatmapCodec, cfg: ExperimentConfig, world: World,
+                steps_per_epoch: int) -> None:
+        """Called once the model is built, before the first step (and before a resume loads state)."""
+
+    def parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        """What the run's optimiser updates."""
+        return list(model.parameters())
+
+    def state_dict(self) -> dict[str, Any]:
+        """Objective state a resumed run needs besides the model, optimiser and scheduler."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def log_fields(self, model: nn.Module) -> dict[str, Any]:
+        """Extra fields for the metrics line written every ``log_every`` steps."""
+        return {}
+
     def step(self, model: nn.Module, images: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
              step: int, world: World) -> torch.Tensor:
         """Forward and backward for one optimiser step; returns the (detached) loss to log."""
@@ -130,6 +154,12 @@ class Objective:
 
     def before_validation(self, model: nn.Module) -> None:
         """Put the model in the state validation should see (a supernet: its largest sub-net)."""
+
+
+def make_optimizer(params: list[nn.Parameter], optim: OptimConfig) -> torch.optim.Optimizer:
+    if optim.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
+    return torch.optim.Adam(params, lr=optim.lr, weight_decay=optim.weight_decay)
 
 
 def lr_lambda(optim: OptimConfig, steps_per_epoch: int, total_steps: int):
@@ -189,6 +219,7 @@ def _payload(model, objective, schema_name, codec, cfg, optimizer, scheduler, st
             "best": best,
             "layout": layout,
             "torch_rng": torch.get_rng_state(),
+            "objective": objective.state_dict(),
         },
         "metrics": metrics,
     }
@@ -267,7 +298,7 @@ def _train(cfg, run_dir, last, resume, progress, stop_at_step, world: World, sto
     check_heatmap_size(model, codec)
     if cfg.train.init_from and not resume:
         init_weights(model, objective, cfg.train.init_from)
-    train_data = TopDownDataset(train_set, codec, cfg.augment, seed=cfg.train.seed)
+    train_data = TopDownDataset(objective.weight_split(train_set), codec, cfg.augment, seed=cfg.train.seed)
     sampler = DistributedSampler(train_data, num_replicas=world.size, rank=world.rank, shuffle=True,
                                  seed=cfg.train.seed, drop_last=True)
     steps_per_epoch = len(sampler) // cfg.data.batch_size
@@ -280,7 +311,8 @@ def _train(cfg, run_dir, last, resume, progress, stop_at_step, world: World, sto
     total_steps = cfg.train.epochs * steps_per_epoch
     if cfg.train.max_steps is not None:
         total_steps = min(total_steps, cfg.train.max_steps)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    objective.prepare(model, codec, cfg, world, steps_per_epoch)
+    optimizer = make_optimizer(objective.parameters(model), cfg.optim)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.optim, steps_per_epoch, total_steps))
 
     step, best = 0, float("-inf")
@@ -302,6 +334,7 @@ def _train(cfg, run_dir, last, resume, progress, stop_at_step, world: World, sto
             scheduler.load_state_dict(ts["scheduler"])
             step, best = int(ts["step"]), float(ts["best"])
             torch.set_rng_state(ts["torch_rng"])
+            objective.load_state_dict(ts.get("objective", {}))
         except (KeyError, ValueError, TypeError, RuntimeError) as e:
             raise PosenasError(f"{last}: training state does not fit this run: {str(e).splitlines()[0]}") from None
     if world.size > 1 and objective.ddp:
@@ -361,7 +394,7 @@ def _train(cfg, run_dir, last, resume, progress, stop_at_step, world: World, sto
                 if step % cfg.train.log_every == 0 or step == total_steps:
                     lr = optimizer.param_groups[0]["lr"]
                     metrics.write(step=step, epoch=epoch, loss=loss.item(), lr=lr,
-                                  seconds=round(time.perf_counter() - started, 2))
+                                  seconds=round(time.perf_counter() - started, 2), **objective.log_fields(model))
                     bar.set_postfix(loss=f"{loss.item():.2e}", lr=f"{lr:.1e}")
                 if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0:
                     checkpoint()

@@ -151,11 +151,12 @@ def search_supernet(cfg: SearchExperimentConfig, out: Path, checkpoint: Path, pr
 def run_search(cfg: SearchExperimentConfig, out: str | Path, resume: bool = False, progress: bool = True) -> dict:
     """Both phases; with ``resume`` an interrupted run continues."""
     out = Path(out)
-    if not resume and (out / "config.yaml").exists():
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    # checked by rank 0 only: under torchrun the other ranks may look after rank 0 wrote config.yaml
+    if is_main and not resume and (out / "config.yaml").exists():
         raise PosenasError(f"{out}: holds a search already; pass --resume to continue it or choose another --out")
     if resume and not (out / "config.yaml").exists():
         raise PosenasError(f"{out}: nothing to resume (no config.yaml)")
-    is_main = int(os.environ.get("RANK", "0")) == 0
     if is_main and not resume:
         out.mkdir(parents=True, exist_ok=True)
         write_yaml(out / "config.yaml", to_dict(cfg))

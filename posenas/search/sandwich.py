@@ -15,10 +15,9 @@ from __future__ import annotations
 import random
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
-from posenas.engine.distributed import World
+from posenas.engine.distributed import World, average_gradients
 from posenas.engine.train import Objective, heatmap_loss
 from posenas.search.supernet_checkpoint import supernet_fields
 from posenas.spaces.vipnas import SPACES, Choices, ViPNASArch, ViPNASSupernet, largest_arch, sample_arch, smallest_arch
@@ -62,12 +61,7 @@ class SandwichObjective(Objective):
                 return loss.detach()  # the loop stops before the optimiser step
             loss.backward()
             total += loss.detach()
-        if world.size > 1:
-            for p in model.parameters():
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-                dist.all_reduce(p.grad)
-                p.grad /= world.size
+        average_gradients(model.parameters(), world)
         model.set_active(self.arch)
         return total
 
