@@ -7,8 +7,8 @@ A checkpoint is a dict of tensors and plain types only, so it loads with
 ``schema`` (keypoint schema name); ``codec`` (heatmap codec settings, which include the
 input size); ``state_dict``; optionally ``config`` (the resolved experiment config),
 ``train_state`` (optimiser, scheduler, step, epoch, RNG) and ``metrics``. A supernet
-checkpoint adds ``supernet`` (space and choice sets); it loads as the plain model of
-its ``arch`` with the weights sliced from the supernet.
+checkpoint adds ``supernet`` (what it was built over); it loads as the plain model of
+its ``arch`` with the weights taken from the supernet.
 Writes are atomic: a temp file in the same folder, then a rename.
 """
 
@@ -100,13 +100,12 @@ def model_from_checkpoint(path: str | Path) -> LoadedModel:
         codec = HeatmapCodec.from_dict(ckpt["codec"])
     except PosenasError as e:
         raise PosenasError(f"{path}: {e}") from None
-    if "supernet" in ckpt:  # a supernet checkpoint runs as the plain model of its 'arch' (the largest sub-net)
-        from posenas.search.supernet_checkpoint import supernet_from_checkpoint
-        from posenas.spaces.vipnas import derive
+    model = build_model(arch, schema.num_joints)
+    if "supernet" in ckpt:  # a supernet checkpoint runs as the plain model of its 'arch', weights inherited
+        from posenas.search.supernet_checkpoint import subnet_state, supernet_from_checkpoint
 
-        model = derive(arch, schema.num_joints, supernet_from_checkpoint(ckpt, path))
+        load_weights(model, subnet_state(supernet_from_checkpoint(ckpt, path), arch, path), path)
     else:
-        model = build_model(arch, schema.num_joints)
         load_weights(model, ckpt["state_dict"], path)
     check_heatmap_size(model, codec, f"{path}: field 'codec'.input_size")
     model.eval()

@@ -57,6 +57,16 @@ def count_macs(model: nn.Module, input_size: tuple[int, int]) -> tuple[int, dict
     return int(counter.get_total_flops() // 2), per_layer
 
 
+def module_macs(module: nn.Module, x: torch.Tensor) -> int:
+    """MACs of ``module(x)`` for any input (a block at its real shape inside a network)."""
+    was = module.training
+    module.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        module(x)
+    module.train(was)
+    return int(counter.get_total_flops() // 2)
+
+
 def _summary(times: list[float]) -> dict:
     ordered = sorted(times)
     pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731

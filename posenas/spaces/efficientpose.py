@@ -227,3 +227,108 @@ def derive(arch: EfficientPoseArch, num_joints: int = 17) -> SimpleBaseline:
 def build_efficientpose(arch: EfficientPoseArch, num_joints: int) -> nn.Module:
     """The registry's build function (:data:`posenas.arch.ARCH_SPACES`)."""
     return derive(arch, num_joints)
+
+
+# ----------------------------------------------------------------------------- the supernet
+
+def drop_path(x: torch.Tensor, prob: float) -> torch.Tensor:
+    """Zero whole samples with probability ``prob`` and rescale the rest (training only)."""
+    if prob <= 0:
+        return x
+    keep = torch.rand(x.shape[0], 1, 1, 1, device=x.device) >= prob
+    return x * keep / (1 - prob)
+
+
+class MixedOp(nn.Module):
+    """Eq. 3: the position's output is the probability-weighted sum of all its candidates."""
+
+    def __init__(self, pos: Position):
+        super().__init__()
+        self.names = pos.ops
+        self.candidates = nn.ModuleList(make_op(op, pos) for op in pos.ops)
+
+    def forward(self, x: torch.Tensor, probs: torch.Tensor, drop_prob: float = 0.0) -> torch.Tensor:
+        out = None
+        for name, op, p in zip(self.names, self.candidates, probs):
+            y = op(x)
+            if self.training and name != SKIP:
+                y = drop_path(y, drop_prob)
+            out = p * y if out is None else out + p * y
+        return out
+
+
+class EfficientPoseSupernet(nn.Module):
+    """Every candidate of every position, mixed by softmax(alpha) (Eq. 2), plus the fixed stem
+    and head. ``alpha`` is one (positions x len(OPS)) parameter; the skip column of positions
+    that cannot skip is masked out of the softmax."""
+
+    def __init__(self, setting: str, head: HeadArch = HeadArch(), num_joints: int = 17):
+        super().__init__()
+        if setting not in SETTINGS:
+            raise PosenasError(f"setting: {setting!r} not allowed; allowed: {', '.join(SETTINGS)}")
+        self.setting, self.head_arch, self.num_joints = setting, head, check_num_joints(num_joints)
+        definition = SETTINGS[setting]
+        self.positions = definition.positions
+        self.stem = Stem(definition)
+        self.mixed = nn.ModuleList(MixedOp(p) for p in self.positions)
+        init_backbone_weights(self)
+        self.head = make_head(head, definition.out_channels, num_joints)
+        self.alpha = nn.Parameter(torch.zeros(len(self.positions), len(OPS)))
+        mask = torch.tensor([[op in p.ops for op in OPS] for p in self.positions])
+        self.register_buffer("allowed", mask, persistent=False)
+        self.drop_prob = 0.0
+        self.stride = 4
+
+    def probabilities(self) -> torch.Tensor:
+        """(positions x len(OPS)) softmax of alpha; disallowed ops get exactly 0."""
+        return torch.softmax(self.alpha.masked_fill(~self.allowed, float("-inf")), dim=1)
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        return [p for name, p in self.named_parameters() if name != "alpha"]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = self.probabilities()
+        x = self.stem(x)
+        for i, (pos, mixed) in enumerate(zip(self.positions, self.mixed)):
+            columns = [OPS.index(op) for op in pos.ops]
+            x = mixed(x, probs[i, columns], self.drop_prob)
+        return self.head(x)
+
+    def expected_cost(self, table: "CostTable") -> torch.Tensor:
+        """Eq. 4-5: fixed parts plus, per position, the probability-weighted cost of its ops."""
+        return table.fixed + (self.probabilities() * table.matrix(self.alpha.device)).sum()
+
+    def argmax_arch(self) -> EfficientPoseArch:
+        """The derived architecture: the most probable op at each position."""
+        probs = self.probabilities()
+        blocks = [OPS[int(probs[i].argmax())] for i in range(len(self.positions))]
+        return EfficientPoseArch.from_json({"space": "efficientpose", "setting": self.setting, "blocks": blocks,
+                                            "head": self.head_arch.to_json()})
+
+    def derived_state_dict(self, arch: EfficientPoseArch) -> dict[str, torch.Tensor]:
+        """Weights of :func:`derive` ``(arch)`` taken from the chosen candidates."""
+        state: dict[str, torch.Tensor] = {}
+        for key, value in self.stem.state_dict().items():
+            state[f"backbone.stem.{key}"] = value
+        for i, (op, mixed) in enumerate(zip(arch.blocks, self.mixed)):
+            for key, value in mixed.candidates[mixed.names.index(op)].state_dict().items():
+                state[f"backbone.blocks.{i}.{key}"] = value
+        for key, value in self.head.state_dict().items():
+            state[f"head.{key}"] = value
+        return {k: v.detach().clone() for k, v in state.items()}
+
+
+@dataclass(frozen=True)
+class CostTable:
+    """Per-position, per-op costs (Eq. 4) and the cost of the fixed parts (stem, head), in one
+    unit (GMACs or ms); ``ops[i][op]`` is the cost of ``op`` at position ``i``."""
+
+    fixed: float
+    ops: tuple[dict[str, float], ...]
+
+    def matrix(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        return torch.tensor([[costs.get(op, 0.0) for op in OPS] for costs in self.ops], device=device)
+
+    def predict(self, arch: EfficientPoseArch) -> float:
+        """The table's cost of a discrete architecture."""
+        return self.fixed + sum(costs[op] for costs, op in zip(self.ops, arch.blocks))
