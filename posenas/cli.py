@@ -151,6 +151,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _search_space(config: str | Path) -> str | None:
+    """The ``supernet.space`` a search config names (it decides which search runs)."""
+    from posenas.config import read_yaml
+
+    data = read_yaml(config)
+    supernet = data.get("supernet") if isinstance(data, dict) else None
+    return supernet.get("space") if isinstance(supernet, dict) else None
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from posenas.engine.train import Interrupted
     from posenas.search.config import SearchExperimentConfig
@@ -158,14 +167,23 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     if not args.resume and not args.config:
         raise PosenasError("search: --config CFG.yaml is required (or --resume --out RUN)")
-    cfg = _run_config(args, SearchExperimentConfig, "search", list(args.overrides))
     out = args.out or f"runs/{Path(args.config).stem}"
+    differentiable = _search_space(Path(out) / "config.yaml" if args.resume else args.config) == "efficientpose"
+    if differentiable:
+        from posenas.search.dnas import DNASExperimentConfig, run_dnas
+
+        cfg, run = _run_config(args, DNASExperimentConfig, "search", list(args.overrides)), run_dnas
+    else:
+        cfg, run = _run_config(args, SearchExperimentConfig, "search", list(args.overrides)), run_search
     try:
-        summary = run_search(cfg, out, resume=args.resume, progress=not args.quiet)
+        summary = run(cfg, out, resume=args.resume, progress=not args.quiet)
     except Interrupted as e:
         print(f"posenas: {e} (then: posenas search --resume --out {out})", file=sys.stderr)
         return 130
-    if summary:
+    if summary and differentiable:
+        print(f"derived arch: {summary['table_cost']:.4g} {summary['cost_unit']} by the {summary['cost_kind']} table, "
+              f"{summary['gmacs']:.4f} GMACs, {summary['params_m']:.3f} M params; in {Path(out) / 'best_arch.json'}")
+    elif summary:
         best = summary["best"]
         print(f"best of {summary['evaluations']} candidates: {best['metric']} {best['score']:.4f} at "
               f"{best['gmacs']:.4f} GMACs, {best['params_m']:.3f} M params, {best['latency_ms']:.2f} ms; "
@@ -306,8 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides such as optim.lr=0.002")
     t.set_defaults(func=cmd_train)
 
-    q = sub.add_parser("search", help="train a ViPNAS supernet and search it under a MACs or latency budget")
-    q.add_argument("--config", help="search YAML (see configs/vipnas/)")
+    q = sub.add_parser("search", help="architecture search: a ViPNAS supernet searched under a budget, or "
+                                      "EfficientPose's differentiable cost-aware search (by the config's supernet.space)")
+    q.add_argument("--config", help="search YAML (see configs/vipnas/, configs/efficientpose/)")
     q.add_argument("--out", help="run directory (default runs/<config name>)")
     q.add_argument("--resume", action="store_true", help="continue the search in --out")
     q.add_argument("--device", help="auto (default: CUDA when present), cpu, cuda, cuda:N")

@@ -1,0 +1,323 @@
+"""EfficientPose's differentiable, cost-aware backbone search (sections 3.1-3.2 of the paper;
+DARTS first order with FBNet's cost term).
+
+The training split is divided by image, with a seeded permutation, into a weight part
+(80 %) and an architecture part (20 %). Every optimiser step trains the operation weights
+on a weight batch (SGD, momentum 0.9, weight decay 1e-4, cosine: the run's optimiser) with
+the architecture parameters alpha fixed. After ``warmup_epochs`` weight-only epochs each
+step first takes one alpha step (Adam, lr 3e-4) on an architecture batch, with the weights
+fixed, minimising Eq. 6::
+
+    L = MSE + lambda * log_tau(cost),   cost = fixed + sum_positions sum_ops p_o * cost_o
+
+where ``cost_o`` comes from a lookup table (:mod:`posenas.search.cost_table`). (The paper
+alternates "in each epoch"; we alternate every step, as DARTS does, which spreads the alpha
+updates over the whole search.) Drop-path is active on the weight steps. Under torchrun,
+alpha and weight gradients are averaged over the ranks by hand, so alpha and the weights
+stay identical on every rank; the architecture batches are a function of (seed, step, rank).
+
+Run directory::
+
+    config.yaml, cost_table.json   the resolved config; the lookup table used
+    supernet/                      the training run: metrics.jsonl (with the per-position
+                                   probabilities and expected cost at each log step), checkpoints
+    alpha_history.jsonl            step, expected cost, probabilities (from metrics.jsonl)
+    alpha.png                      per-position probabilities over the search
+    best_arch.json                 the argmax architecture (train it: posenas train --arch)
+    results.json                   derived arch, its table cost and GMACs, final probabilities
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from posenas.arch import save_arch_file
+from posenas.codecs.heatmap import HeatmapCodec
+from posenas.config import to_dict, write_yaml
+from posenas.cost import count_macs, count_params
+from posenas.data.records import PoseDataset
+from posenas.data.topdown import TopDownDataset
+from posenas.data.transforms import AugmentConfig
+from posenas.engine.config import DataConfig, ExperimentConfig, ModelConfig, OptimConfig, TrainConfig
+from posenas.engine.distributed import World, average_gradients
+from posenas.engine.train import Objective, heatmap_loss, train
+from posenas.errors import PosenasError
+from posenas.jsonio import read_json, read_jsonl, write_json, write_text
+from posenas.search.cost_table import KINDS, cached_cost_table, save_cost_table, table_header
+from posenas.search.supernet_checkpoint import dnas_supernet_fields
+from posenas.spaces.efficientpose import OPS, SETTINGS, CostTable, EfficientPoseSupernet, HeadArch, derive
+
+
+@dataclass(frozen=True)
+class DNASSupernetConfig:
+    space: Literal["efficientpose"] = "efficientpose"
+    setting: str = "small"
+    head: dict[str, Any] | None = None  # the head JSON of the arch ({"widths", "sic", "upsample"}); None: the paper's
+    drop_path: float = 0.1  # per-sample drop probability of each MBConv candidate on weight steps
+
+    def __post_init__(self) -> None:
+        if self.setting not in SETTINGS:
+            raise PosenasError(f"config.supernet.setting: {self.setting!r} not allowed; allowed: {', '.join(SETTINGS)}")
+        self.head_arch()
+        if not 0 <= self.drop_path < 1:
+            raise PosenasError(f"config.supernet.drop_path: must be in [0, 1), got {self.drop_path}")
+
+    def head_arch(self) -> HeadArch:
+        return HeadArch.from_json(self.head or {}, "config.supernet.head")
+
+
+@dataclass(frozen=True)
+class DNASConfig:
+    arch_fraction: float = 0.2  # share of the training images held out for the alpha steps
+    warmup_epochs: int = 1  # weight-only epochs before alpha steps start
+    arch_lr: float = 3e-4
+    arch_weight_decay: float = 0.0
+    cost: str = "macs"  # macs | cpu_latency | gpu_latency
+    cost_weight: float = 0.1  # lambda of Eq. 6
+    cost_base: float = 10.0  # tau of Eq. 6 (the log base)
+    latency_threads: int = 1
+    latency_batch: int = 1
+    table_runs: int = 20  # timed runs per op when measuring a latency table
+    table_cache: str = "runs/cost-tables"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.arch_fraction < 1:
+            raise PosenasError(f"config.search.arch_fraction: must be in (0, 1), got {self.arch_fraction}")
+        if self.cost not in KINDS:
+            raise PosenasError(f"config.search.cost: {self.cost!r} not allowed; allowed: {', '.join(KINDS)}")
+        if self.warmup_epochs < 0 or self.cost_weight < 0:
+            raise PosenasError("config.search.warmup_epochs and cost_weight: must be >= 0")
+        if not self.cost_base > 1:
+            raise PosenasError(f"config.search.cost_base: must be > 1, got {self.cost_base}")
+        if not self.arch_lr > 0:
+            raise PosenasError(f"config.search.arch_lr: must be > 0, got {self.arch_lr}")
+        for name in ("latency_threads", "latency_batch", "table_runs"):
+            if getattr(self, name) < 1:
+                raise PosenasError(f"config.search.{name}: must be >= 1, got {getattr(self, name)}")
+
+
+def _paper_optim() -> OptimConfig:
+    return OptimConfig(optimizer="sgd", lr=0.05, weight_decay=1e-4, momentum=0.9, schedule="cosine", warmup_steps=0)
+
+
+@dataclass(frozen=True)
+class DNASExperimentConfig:
+    supernet: DNASSupernetConfig = field(default_factory=DNASSupernetConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    optim: OptimConfig = field(default_factory=_paper_optim)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    search: DNASConfig = field(default_factory=DNASConfig)
+
+    def training(self) -> ExperimentConfig:
+        return ExperimentConfig(model=ModelConfig(), data=self.data, augment=self.augment, optim=self.optim,
+                                train=self.train)
+
+
+def split_images(dataset: PoseDataset, fraction: float, seed: int) -> tuple[PoseDataset, PoseDataset]:
+    """(weight part, architecture part): a seeded split by image."""
+    order = list(range(len(dataset.images)))
+    random.Random(f"dnas-split:{seed}").shuffle(order)
+    cut = max(1, round(fraction * len(order)))
+    if cut >= len(order):
+        raise PosenasError(f"{dataset.source}: {len(order)} training images are too few to hold out "
+                           f"{fraction:.0%} for the architecture steps")
+    arch = sorted(order[:cut])
+    weights = sorted(order[cut:])
+    return (replace(dataset, images=[dataset.images[i] for i in weights]),
+            replace(dataset, images=[dataset.images[i] for i in arch]))
+
+
+def cost_term(cost: torch.Tensor, weight: float, base: float) -> torch.Tensor:
+    """lambda * log_tau(cost) of Eq. 6."""
+    return weight * torch.log(cost) / math.log(base)
+
+
+class DNASObjective(Objective):
+    """The engine's objective for the search: alpha steps on held-out batches, weight steps."""
+
+    ddp = False
+
+    def __init__(self, cfg: DNASExperimentConfig, table: CostTable):
+        super().__init__(None)
+        self.cfg, self.table = cfg, table
+        self.model: EfficientPoseSupernet | None = None
+
+    def build(self, num_joints: int) -> nn.Module:
+        sc = self.cfg.supernet
+        model = EfficientPoseSupernet(sc.setting, sc.head_arch(), num_joints)
+        model.drop_prob = sc.drop_path
+        return model
+
+    def checkpoint_fields(self) -> dict:
+        return {"arch": self.model.argmax_arch().to_json(), **dnas_supernet_fields(self.model)}
+
+    def weight_split(self, train_set: PoseDataset) -> PoseDataset:
+        weights, self.arch_set = split_images(train_set, self.cfg.search.arch_fraction, self.cfg.search.seed)
+        return weights
+
+    def prepare(self, model: nn.Module, codec: HeatmapCodec, cfg: ExperimentConfig, world: World,
+                steps_per_epoch: int) -> None:
+        s = self.cfg.search
+        self.model = model
+        self.arch_data = TopDownDataset(self.arch_set, codec, cfg.augment, seed=s.seed)
+        if len(self.arch_data) == 0:
+            raise PosenasError(f"{self.arch_set.source}: the architecture split holds no labelled person")
+        self.batch_size = cfg.data.batch_size
+        self.arch_start = s.warmup_epochs * steps_per_epoch
+        self.arch_opt = torch.optim.Adam([model.alpha], lr=s.arch_lr, betas=(0.5, 0.999),
+                                         weight_decay=s.arch_weight_decay)
+        self.last_arch_loss: float | None = None
+
+    def parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        return model.weight_parameters()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"arch_optimizer": self.arch_opt.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "arch_optimizer" in state:
+            self.arch_opt.load_state_dict(state["arch_optimizer"])
+
+    def arch_batch(self, step: int, world: World) -> dict[str, torch.Tensor]:
+        """The architecture batch of a step: a function of (seed, step, rank) only (exact resume)."""
+        g = torch.Generator().manual_seed(random.Random(f"dnas-arch:{self.cfg.search.seed}:{step}:{world.rank}")
+                                          .getrandbits(62))
+        picks = torch.randint(len(self.arch_data), (self.batch_size,), generator=g).tolist()
+        self.arch_data.set_epoch(step)
+        items = [self.arch_data[i] for i in picks]
+        return {k: torch.stack([torch.as_tensor(it[k]) for it in items]).to(world.device)
+                for k in ("image", "target", "target_weight")}
+
+    def step(self, model: nn.Module, images: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
+             step: int, world: World) -> torch.Tensor:
+        s = self.cfg.search
+        if step >= self.arch_start:
+            batch = self.arch_batch(step, world)
+            drop, model.drop_prob = model.drop_prob, 0.0
+            mse = heatmap_loss(model(batch["image"]), batch["target"], batch["target_weight"])
+            arch_loss = mse + cost_term(model.expected_cost(self.table), s.cost_weight, s.cost_base)
+            model.drop_prob = drop
+            if world.any_true(not bool(torch.isfinite(arch_loss))):
+                return arch_loss.detach()  # the loop stops before any step
+            (grad,) = torch.autograd.grad(arch_loss, [model.alpha])
+            model.alpha.grad = grad
+            average_gradients([model.alpha], world)
+            self.arch_opt.step()
+            self.arch_opt.zero_grad(set_to_none=True)
+            self.last_arch_loss = float(arch_loss.detach())
+        model.alpha.requires_grad_(False)
+        try:
+            loss = heatmap_loss(model(images), target, weight)
+            if not world.any_true(not bool(torch.isfinite(loss))):
+                loss.backward()
+        finally:
+            model.alpha.requires_grad_(True)
+        average_gradients(model.weight_parameters(), world)
+        return loss.detach()
+
+    def log_fields(self, model: nn.Module) -> dict[str, Any]:
+        with torch.no_grad():
+            probs = model.probabilities()
+            cost = float(model.expected_cost(self.table))
+        return {"arch_loss": self.last_arch_loss, "expected_cost": round(cost, 6),
+                "probs": [[round(float(v), 5) for v in row] for row in probs]}
+
+
+def plot_alpha(history: list[dict], path: Path, setting: str) -> None:
+    """Per-position probabilities over the search: one small panel per position."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    positions = SETTINGS[setting].positions
+    cols = 7
+    rows = math.ceil(len(positions) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 1.6 * rows), sharex=True, sharey=True, squeeze=False)
+    steps = [h["step"] for h in history]
+    for pos, ax in zip(positions, axes.flat):
+        for j, op in enumerate(OPS):
+            if op in pos.ops:
+                ax.plot(steps, [h["probs"][pos.index][j] for h in history], lw=1, label=op)
+        ax.set_title(f"{pos.index} (stage {pos.stage})", fontsize=7)
+        ax.tick_params(labelsize=6)
+    for ax in list(axes.flat)[len(positions):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=5, loc="upper left")
+    fig.suptitle("operation probabilities softmax(alpha) per position vs step", fontsize=9)
+    fig.tight_layout()
+    tmp = path.with_suffix(".partial.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def run_dnas(cfg: DNASExperimentConfig, out: str | Path, resume: bool = False, progress: bool = True) -> dict:
+    """The whole search (resumable): cost table, supernet training with alpha steps, derivation."""
+    out = Path(out)
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    if is_main and not resume and (out / "config.yaml").exists():
+        raise PosenasError(f"{out}: holds a search already; pass --resume to continue it or choose another --out")
+    if resume and not (out / "config.yaml").exists():
+        raise PosenasError(f"{out}: nothing to resume (no config.yaml)")
+    s, sc = cfg.search, cfg.supernet
+    from posenas.data.layout import load_dataset
+
+    num_joints = load_dataset(cfg.data.root, cfg.data.val_split).schema.num_joints
+    header = table_header(s.cost, sc.setting, sc.head_arch(), tuple(cfg.data.input_size), num_joints,
+                          s.latency_threads, s.latency_batch)
+    if (out / "cost_table.json").exists():  # a resumed search keeps the table it started with
+        from posenas.search.cost_table import load_cost_table
+
+        header, table = load_cost_table(out / "cost_table.json")
+    else:
+        # every rank measures (or reads the cached) table; rank 0's copy goes into the run
+        _, table = cached_cost_table(s.table_cache, header, runs=s.table_runs, progress=progress and is_main)
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            write_yaml(out / "config.yaml", to_dict(cfg))
+        save_cost_table(out / "cost_table.json", header, table)
+    run = out / "supernet"
+    if not (run / "results.json").exists():
+        train(cfg.training(), run, resume=(run / "checkpoints" / "last.pt").exists(), progress=progress,
+              objective=DNASObjective(cfg, table))
+    if not is_main:
+        return {}
+    return finish_dnas(out, table, header, num_joints)
+
+
+def finish_dnas(out: Path, table: CostTable, header: dict, num_joints: int) -> dict:
+    """Derive the argmax arch from the last checkpoint; write alpha history, plot, results."""
+    from posenas.checkpoint import load_checkpoint
+    from posenas.search.supernet_checkpoint import supernet_from_checkpoint
+
+    last = out / "supernet" / "checkpoints" / "last.pt"
+    supernet = supernet_from_checkpoint(load_checkpoint(last), last)
+    arch = supernet.argmax_arch()
+    save_arch_file(out / "best_arch.json", arch)
+    history = [{"step": r["step"], "expected_cost": r["expected_cost"], "probs": r["probs"]}
+               for r in read_jsonl(out / "supernet" / "metrics.jsonl") if "probs" in r]
+    write_text(out / "alpha_history.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+    if history:
+        plot_alpha(history, out / "alpha.png", supernet.setting)
+    model = derive(arch, num_joints)
+    size = tuple(header["input_size"])
+    val = read_json(out / "supernet" / "results.json") if (out / "supernet" / "results.json").exists() else {}
+    summary = {"arch": arch.to_json(), "cost_kind": header["kind"], "cost_unit": header["unit"],
+               "table_cost": table.predict(arch), "gmacs": count_macs(model, size)[0] / 1e9,
+               "params_m": count_params(model) / 1e6, "supernet_val": val,
+               "probabilities": [[round(float(v), 5) for v in row] for row in supernet.probabilities().detach()]}
+    write_json(out / "results.json", summary, indent=2)
+    return summary
