@@ -374,8 +374,11 @@ def _train(cfg, run_dir, last, resume, progress, stop_at_step, world: World, sto
             sampler.set_epoch(epoch)
             train_data.set_epoch(epoch)
             order = list(sampler)[done_in_epoch * cfg.data.batch_size :]
+            # its own generator: creating the iterator must not draw from the global torch RNG, whose
+            # state (drop-path, dropout) a resumed run restores at a step, not at an epoch start
             loader = DataLoader(Subset(train_data, order), batch_size=cfg.data.batch_size, drop_last=True,
-                                num_workers=cfg.data.workers, shuffle=False, worker_init_fn=_ignore_sigint)
+                                num_workers=cfg.data.workers, shuffle=False, worker_init_fn=_ignore_sigint,
+                                generator=torch.Generator().manual_seed(cfg.train.seed * 100003 + epoch))
             for batch in loader:
                 images = batch["image"].to(world.device, non_blocking=True)
                 target = batch["target"].to(world.device, non_blocking=True)
