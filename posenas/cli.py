@@ -170,9 +170,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     out = args.out or f"runs/{Path(args.config).stem}"
     differentiable = _search_space(Path(out) / "config.yaml" if args.resume else args.config) == "efficientpose"
     if differentiable:
-        from posenas.search.dnas import DNASExperimentConfig, run_dnas
+        from posenas.search.dnas import DNASExperimentConfig, run_dnas, run_random_search
 
-        cfg, run = _run_config(args, DNASExperimentConfig, "search", list(args.overrides)), run_dnas
+        cfg = _run_config(args, DNASExperimentConfig, "search", list(args.overrides))
+        run = run_random_search if cfg.search.strategy == "random" else run_dnas
     else:
         cfg, run = _run_config(args, SearchExperimentConfig, "search", list(args.overrides)), run_search
     try:
@@ -180,7 +181,11 @@ def cmd_search(args: argparse.Namespace) -> int:
     except Interrupted as e:
         print(f"posenas: {e} (then: posenas search --resume --out {out})", file=sys.stderr)
         return 130
-    if summary and differentiable:
+    if summary and differentiable and cfg.search.strategy == "random":
+        best = summary["best"]
+        print(f"best of {summary['evaluations']} random archs ({summary['steps_each']} steps each): {best['metric']} "
+              f"{best['score']:.4f} at {best['gmacs']:.4f} GMACs; arch in {Path(out) / 'best_arch.json'}")
+    elif summary and differentiable:
         print(f"derived arch: {summary['table_cost']:.4g} {summary['cost_unit']} by the {summary['cost_kind']} table, "
               f"{summary['gmacs']:.4f} GMACs, {summary['params_m']:.3f} M params; in {Path(out) / 'best_arch.json'}")
     elif summary:

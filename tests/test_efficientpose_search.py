@@ -190,3 +190,24 @@ def test_search_under_torchrun_two_processes(tmp_path, data_root):
     assert proc.returncode == 0, proc.stderr[-2000:]
     history = read_jsonl(tmp_path / "s" / "alpha_history.jsonl")
     assert history[-1]["probs"] != history[0]["probs"]  # alpha moved (averaged over both ranks' batches)
+
+
+def test_random_search_baseline_trains_scores_and_resumes(tmp_path, data_root, capsys):
+    cfg = tmp_path / "r.yaml"
+    cfg.write_text(json.dumps(search_cfg(data_root, strategy="random", random_archs=2, random_steps=1)))
+    out = tmp_path / "random"
+    assert main(["search", "--config", str(cfg), "--out", str(out), "--quiet"]) == 0
+    assert "best of 2 random archs (1 steps each)" in capsys.readouterr().out
+    records = read_jsonl(out / "candidates.jsonl")
+    assert [r["index"] for r in records] == [0, 1] and records[0]["arch"] != records[1]["arch"]
+    for r in records:
+        ckpt = load_checkpoint(out / "random" / f"{r['index']:02d}" / "checkpoints" / "last.pt")
+        assert ckpt["train_state"]["step"] == 1 and ckpt["arch"] == r["arch"]
+        assert r["gmacs"] == pytest.approx(count_macs(derive(EfficientPoseArch.from_json(r["arch"]), 17), (64, 64))[0] / 1e9)
+    best = max(records, key=lambda r: r["score"])
+    assert json.loads((out / "best_arch.json").read_text()) == best["arch"]
+    # resume: finished candidates are read back, not retrained
+    marked = [json.dumps({**r, "marker": True}) for r in records]
+    (out / "candidates.jsonl").write_text("\n".join(marked) + "\n")
+    assert main(["search", "--resume", "--out", str(out), "--quiet"]) == 0
+    assert all(r["marker"] for r in read_jsonl(out / "candidates.jsonl"))

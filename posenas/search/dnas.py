@@ -25,6 +25,8 @@ Run directory::
     alpha.png                      per-position probabilities over the search
     best_arch.json                 the argmax architecture (train it: posenas train --arch)
     results.json                   derived arch, its table cost and GMACs, final probabilities
+
+``search.strategy: random`` runs the paper's baseline instead (:func:`run_random_search`).
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from posenas.arch import save_arch_file
+from posenas.arch import arch_from_json, save_arch_file
+from posenas.checkpoint import model_from_checkpoint
 from posenas.codecs.heatmap import HeatmapCodec
 from posenas.config import to_dict, write_yaml
 from posenas.cost import count_macs, count_params
@@ -49,12 +52,14 @@ from posenas.data.topdown import TopDownDataset
 from posenas.data.transforms import AugmentConfig
 from posenas.engine.config import DataConfig, ExperimentConfig, ModelConfig, OptimConfig, TrainConfig
 from posenas.engine.distributed import World, average_gradients
+from posenas.engine.predict import primary_value
 from posenas.engine.train import Objective, heatmap_loss, train
 from posenas.errors import PosenasError
 from posenas.jsonio import read_json, read_jsonl, write_json, write_text
 from posenas.search.cost_table import KINDS, cached_cost_table, save_cost_table, table_header
 from posenas.search.supernet_checkpoint import dnas_supernet_fields
-from posenas.spaces.efficientpose import OPS, SETTINGS, CostTable, EfficientPoseSupernet, HeadArch, derive
+from posenas.spaces.efficientpose import (OPS, SETTINGS, CostTable, EfficientPoseArch, EfficientPoseSupernet, HeadArch,
+                                          derive)
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,7 @@ class DNASSupernetConfig:
 
 @dataclass(frozen=True)
 class DNASConfig:
+    strategy: str = "dnas"  # dnas | random (the paper's baseline: M sampled archs, short training each)
     arch_fraction: float = 0.2  # share of the training images held out for the alpha steps
     warmup_epochs: int = 1  # weight-only epochs before alpha steps start
     arch_lr: float = 3e-4
@@ -88,9 +94,13 @@ class DNASConfig:
     latency_batch: int = 1
     table_runs: int = 20  # timed runs per op when measuring a latency table
     table_cache: str = "runs/cost-tables"
+    random_archs: int = 8  # random strategy: M architectures ...
+    random_steps: int = 100  # ... each trained this many steps (pick M x steps to match the DNAS run's cost)
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.strategy not in ("dnas", "random"):
+            raise PosenasError(f"config.search.strategy: {self.strategy!r} not allowed; allowed: dnas, random")
         if not 0 < self.arch_fraction < 1:
             raise PosenasError(f"config.search.arch_fraction: must be in (0, 1), got {self.arch_fraction}")
         if self.cost not in KINDS:
@@ -101,7 +111,7 @@ class DNASConfig:
             raise PosenasError(f"config.search.cost_base: must be > 1, got {self.cost_base}")
         if not self.arch_lr > 0:
             raise PosenasError(f"config.search.arch_lr: must be > 0, got {self.arch_lr}")
-        for name in ("latency_threads", "latency_batch", "table_runs"):
+        for name in ("latency_threads", "latency_batch", "table_runs", "random_archs", "random_steps"):
             if getattr(self, name) < 1:
                 raise PosenasError(f"config.search.{name}: must be >= 1, got {getattr(self, name)}")
 
@@ -319,5 +329,57 @@ def finish_dnas(out: Path, table: CostTable, header: dict, num_joints: int) -> d
                "table_cost": table.predict(arch), "gmacs": count_macs(model, size)[0] / 1e9,
                "params_m": count_params(model) / 1e6, "supernet_val": val,
                "probabilities": [[round(float(v), 5) for v in row] for row in supernet.probabilities().detach()]}
+    write_json(out / "results.json", summary, indent=2)
+    return summary
+
+
+def sample_arch(setting: str, head: HeadArch, rng: random.Random) -> EfficientPoseArch:
+    """Uniform over each position's allowed operations."""
+    return EfficientPoseArch(setting, tuple(rng.choice(p.ops) for p in SETTINGS[setting].positions), head)
+
+
+def run_random_search(cfg: DNASExperimentConfig, out: str | Path, resume: bool = False, progress: bool = True) -> dict:
+    """The paper's random-search baseline (resumable): ``random_archs`` architectures drawn
+    uniformly (seeded), each trained from scratch for ``random_steps`` steps with the run's
+    recipe and scored on the val split; the best is kept. Writes ``candidates.jsonl``,
+    ``best_arch.json`` and ``results.json``; each candidate's training run is ``random/NN/``."""
+    out = Path(out)
+    if not resume and (out / "config.yaml").exists():
+        raise PosenasError(f"{out}: holds a search already; pass --resume to continue it or choose another --out")
+    if resume and not (out / "config.yaml").exists():
+        raise PosenasError(f"{out}: nothing to resume (no config.yaml)")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise PosenasError("the random-search baseline runs in one process; start it without torchrun")
+    out.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        write_yaml(out / "config.yaml", to_dict(cfg))
+    s, sc = cfg.search, cfg.supernet
+    rng = random.Random(f"efficientpose-random:{s.seed}")
+    archs = [sample_arch(sc.setting, sc.head_arch(), rng) for _ in range(s.random_archs)]
+    path = out / "candidates.jsonl"
+    done = {r["index"]: r for r in read_jsonl(path)} if path.exists() else {}
+    records = []
+    size = tuple(cfg.data.input_size)
+    for i, arch in enumerate(archs):
+        if i not in done:
+            run = out / "random" / f"{i:02d}"
+            base = cfg.training()
+            training = replace(base, model=ModelConfig(arch=arch.to_json()),
+                               train=replace(base.train, max_steps=s.random_steps, epochs=10**6, val_every=0))
+            if not (run / "results.json").exists():
+                train(training, run, resume=(run / "checkpoints" / "last.pt").exists(), progress=progress)
+            val = read_json(run / "results.json")
+            model = model_from_checkpoint(run / "checkpoints" / "last.pt").model
+            done[i] = {"index": i, "arch": arch.to_json(), "gmacs": count_macs(model, size)[0] / 1e9,
+                       "params_m": count_params(model) / 1e6, "metric": val["metric"],
+                       "score": primary_value(val["metric"], val), "val": val}
+            with path.open("a") as f:
+                f.write(json.dumps(done[i]) + "\n")
+        records.append(done[i])
+    best = max(records, key=lambda r: r["score"])
+
+    save_arch_file(out / "best_arch.json", arch_from_json(best["arch"]))
+    summary = {"strategy": "random", "best": best, "evaluations": len(records),
+               "steps_each": s.random_steps}
     write_json(out / "results.json", summary, indent=2)
     return summary
