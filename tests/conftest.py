@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from posenas.data.images import encode_jpeg
 from posenas.data.layout import write_annotations
@@ -54,3 +55,12 @@ def make_dataset(fmt: str, root, images: int = 3, people: int = 2, seed: int = 0
 @pytest.fixture(params=["coco", "mpii", "posetrack"])
 def written_dataset(request, tmp_path):
     return make_dataset(request.param, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: one intra-op thread is much faster than several on a busy machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

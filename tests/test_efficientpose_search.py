@@ -27,12 +27,7 @@ from posenas.spaces.efficientpose import OPS, SETTINGS, EfficientPoseArch, Effic
 from conftest import make_dataset
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -17,12 +17,7 @@ from posenas.models.heads import SpatialInfoCorrection
 from posenas.spaces.efficientpose import MBCONV_OPS, OPS, SETTINGS, EfficientPoseArch, HeadArch
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def random_blocks(setting: str, rng: random.Random) -> list[str]:

@@ -29,13 +29,7 @@ SPACE_NAMES = ("vipnas-resnet", "vipnas-mobilenetv3")
 NUM_STAGES = {"vipnas-resnet": 4, "vipnas-mobilenetv3": 6}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread is much faster than several on a busy machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def read(path: Path) -> dict:

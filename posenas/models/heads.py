@@ -18,6 +18,19 @@ from torch import nn
 from posenas.models.blocks import ConvBNAct, DeconvBNAct
 
 
+def init_head(layers: nn.Module, final: nn.Conv2d) -> None:
+    """SimpleBaseline's head init: every (transposed) conv of ``layers`` and the ``final`` conv
+    normal(std=0.001), BN weight 1 and bias 0, the final bias 0."""
+    for m in layers.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.normal_(m.weight, std=0.001)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    nn.init.normal_(final.weight, std=0.001)
+    nn.init.zeros_(final.bias)
+
+
 class DeconvHead(nn.Module):
     """``[ConvTranspose2d(k, stride 2) -> BN -> ReLU] x len(widths) -> Conv2d(final_kernel) to num_joints``.
 
@@ -45,14 +58,7 @@ class DeconvHead(nn.Module):
         self.init_weights()
 
     def init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.ConvTranspose2d):
-                nn.init.normal_(m.weight, std=0.001)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-        nn.init.normal_(self.final.weight, std=0.001)
-        nn.init.zeros_(self.final.bias)
+        init_head(self.deconvs, self.final)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.final(self.deconvs(x))
@@ -117,14 +123,7 @@ class SlimHead(nn.Module):
         self.final = nn.Conv2d(ch, num_joints, 1)
         self.in_channels, self.num_joints = in_channels, num_joints
         self.upsample = 2 ** len(widths)
-        for m in self.upsamples.modules():
-            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-                nn.init.normal_(m.weight, std=0.001)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-        nn.init.normal_(self.final.weight, std=0.001)
-        nn.init.zeros_(self.final.bias)
+        init_head(self.upsamples, self.final)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.final(self.sic(self.upsamples(x)))

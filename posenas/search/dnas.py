@@ -45,7 +45,6 @@ from torch import nn
 from posenas.arch import arch_from_json, save_arch_file
 from posenas.checkpoint import model_from_checkpoint
 from posenas.codecs.heatmap import HeatmapCodec
-from posenas.config import to_dict, write_yaml
 from posenas.cost import count_macs, count_params
 from posenas.data.records import PoseDataset
 from posenas.data.topdown import TopDownDataset
@@ -57,6 +56,7 @@ from posenas.engine.train import Objective, heatmap_loss, train
 from posenas.errors import PosenasError
 from posenas.jsonio import read_json, read_jsonl, write_json, write_text
 from posenas.search.cost_table import KINDS, cached_cost_table, save_cost_table, table_header
+from posenas.search.run import open_search_dir
 from posenas.search.supernet_checkpoint import dnas_supernet_fields
 from posenas.spaces.efficientpose import (OPS, SETTINGS, CostTable, EfficientPoseArch, EfficientPoseSupernet, HeadArch,
                                           derive)
@@ -276,11 +276,7 @@ def plot_alpha(history: list[dict], path: Path, setting: str) -> None:
 def run_dnas(cfg: DNASExperimentConfig, out: str | Path, resume: bool = False, progress: bool = True) -> dict:
     """The whole search (resumable): cost table, supernet training with alpha steps, derivation."""
     out = Path(out)
-    is_main = int(os.environ.get("RANK", "0")) == 0
-    if is_main and not resume and (out / "config.yaml").exists():
-        raise PosenasError(f"{out}: holds a search already; pass --resume to continue it or choose another --out")
-    if resume and not (out / "config.yaml").exists():
-        raise PosenasError(f"{out}: nothing to resume (no config.yaml)")
+    is_main = open_search_dir(out, cfg, resume)
     s, sc = cfg.search, cfg.supernet
     from posenas.data.layout import load_dataset
 
@@ -295,9 +291,6 @@ def run_dnas(cfg: DNASExperimentConfig, out: str | Path, resume: bool = False, p
         # every rank measures (or reads the cached) table; rank 0's copy goes into the run
         _, table = cached_cost_table(s.table_cache, header, runs=s.table_runs, progress=progress and is_main)
     if is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        if not resume:
-            write_yaml(out / "config.yaml", to_dict(cfg))
         save_cost_table(out / "cost_table.json", header, table)
     run = out / "supernet"
     if not (run / "results.json").exists():
@@ -344,15 +337,9 @@ def run_random_search(cfg: DNASExperimentConfig, out: str | Path, resume: bool =
     recipe and scored on the val split; the best is kept. Writes ``candidates.jsonl``,
     ``best_arch.json`` and ``results.json``; each candidate's training run is ``random/NN/``."""
     out = Path(out)
-    if not resume and (out / "config.yaml").exists():
-        raise PosenasError(f"{out}: holds a search already; pass --resume to continue it or choose another --out")
-    if resume and not (out / "config.yaml").exists():
-        raise PosenasError(f"{out}: nothing to resume (no config.yaml)")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise PosenasError("the random-search baseline runs in one process; start it without torchrun")
-    out.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        write_yaml(out / "config.yaml", to_dict(cfg))
+    open_search_dir(out, cfg, resume)
     s, sc = cfg.search, cfg.supernet
     rng = random.Random(f"efficientpose-random:{s.seed}")
     archs = [sample_arch(sc.setting, sc.head_arch(), rng) for _ in range(s.random_archs)]

@@ -40,6 +40,21 @@ from posenas.search.strategies import evolution_search, random_search
 from posenas.search.supernet_checkpoint import supernet_from_checkpoint
 
 
+def open_search_dir(out: Path, cfg: Any, resume: bool) -> bool:
+    """Check ``out`` for a new or resumed search and write the config of a new one (rank 0);
+    returns whether this process is rank 0. Only rank 0 checks for an existing search: under
+    torchrun the other ranks may look after rank 0 wrote config.yaml."""
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    if is_main and not resume and (out / "config.yaml").exists():
+        raise PosenasError(f"{out}: holds a search already; pass --resume to continue it or choose another --out")
+    if resume and not (out / "config.yaml").exists():
+        raise PosenasError(f"{out}: nothing to resume (no config.yaml)")
+    if is_main and not resume:
+        out.mkdir(parents=True, exist_ok=True)
+        write_yaml(out / "config.yaml", to_dict(cfg))
+    return is_main
+
+
 def train_supernet(cfg: SearchExperimentConfig, out: Path, progress: bool = True) -> Path:
     """Phase 1 (resumable; a finished one is skipped): returns the supernet checkpoint."""
     run = out / "supernet"
@@ -151,15 +166,7 @@ def search_supernet(cfg: SearchExperimentConfig, out: Path, checkpoint: Path, pr
 def run_search(cfg: SearchExperimentConfig, out: str | Path, resume: bool = False, progress: bool = True) -> dict:
     """Both phases; with ``resume`` an interrupted run continues."""
     out = Path(out)
-    is_main = int(os.environ.get("RANK", "0")) == 0
-    # checked by rank 0 only: under torchrun the other ranks may look after rank 0 wrote config.yaml
-    if is_main and not resume and (out / "config.yaml").exists():
-        raise PosenasError(f"{out}: holds a search already; pass --resume to continue it or choose another --out")
-    if resume and not (out / "config.yaml").exists():
-        raise PosenasError(f"{out}: nothing to resume (no config.yaml)")
-    if is_main and not resume:
-        out.mkdir(parents=True, exist_ok=True)
-        write_yaml(out / "config.yaml", to_dict(cfg))
+    is_main = open_search_dir(out, cfg, resume)
     checkpoint = train_supernet(cfg, out, progress)
     if not is_main:  # under torchrun the search itself runs on rank 0
         return {}
