@@ -259,7 +259,8 @@ def plot_alpha(history: list[dict], path: Path, setting: str) -> None:
     for pos, ax in zip(positions, axes.flat):
         for j, op in enumerate(OPS):
             if op in pos.ops:
-                ax.plot(steps, [h["probs"][pos.index][j] for h in history], lw=1, label=op)
+                ax.plot(steps, [h["probs"][pos.index][j] for h in history], lw=1, label=op,
+                        marker="." if len(steps) < 10 else None)
         ax.set_title(f"{pos.index} (stage {pos.stage})", fontsize=7)
         ax.tick_params(labelsize=6)
     for ax in list(axes.flat)[len(positions):]:
