@@ -74,12 +74,15 @@ def _summary(times: list[float]) -> dict:
             "mean": round(statistics.fmean(times), 3), "runs": len(times)}
 
 
-def time_calls(call, x: torch.Tensor, warmup: int, runs: int, sync=None) -> dict:
-    """Milliseconds per ``call(x)``: ``runs`` timed calls after ``warmup`` untimed ones."""
+def time_calls(call, x: torch.Tensor, warmup: int, runs: int, sync=None, before=None) -> dict:
+    """Milliseconds per ``call(x)``: ``runs`` timed calls after ``warmup`` untimed ones;
+    ``before()``, if given, runs untimed before each call (e.g. to flush caches)."""
     if runs < 1 or warmup < 0:
         raise PosenasError(f"--runs must be >= 1 and warm-up >= 0, got {runs} and {warmup}")
     times = []
     for i in range(warmup + runs):
+        if before:
+            before()
         if sync:
             sync()
         start = time.perf_counter()

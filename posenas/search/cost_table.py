@@ -6,7 +6,8 @@ setting, each op measured on its own at the input shape it has inside the networ
 the cost of the parts every architecture shares (stem, head). Three kinds:
 
 - ``macs``: GMACs at batch 1 (our MACs convention, :mod:`posenas.cost`);
-- ``cpu_latency``: ms per forward on this CPU (PyTorch eager, ``threads`` threads, ``batch``);
+- ``cpu_latency``: ms per forward on this CPU (PyTorch eager, ``threads`` threads, ``batch``;
+  with ``cold_cache`` each timed run starts after :data:`FLUSH_BYTES` are written);
 - ``gpu_latency``: the same on the CUDA device (only where one is present).
 
 The file is JSON: ``{"header": {kind, unit, setting, head, input_size, batch, threads,
@@ -49,8 +50,14 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
+#: Bytes written between timed runs of an op when a CPU table is measured with cold caches:
+#: more than this machine's per-core L2, so each run starts with the op's weights and input
+#: evicted, as they are inside a network after the layers before it.
+FLUSH_BYTES = 8 << 20
+
+
 def table_header(kind: str, setting: str, head: HeadArch, input_size: tuple[int, int], num_joints: int,
-                 threads: int = 1, batch: int = 1) -> dict[str, Any]:
+                 threads: int = 1, batch: int = 1, cold_cache: bool = False) -> dict[str, Any]:
     if kind not in KINDS:
         raise PosenasError(f"cost kind {kind!r} not allowed; allowed: {', '.join(KINDS)}")
     if kind == "gpu_latency" and not torch.cuda.is_available():
@@ -61,6 +68,8 @@ def table_header(kind: str, setting: str, head: HeadArch, input_size: tuple[int,
         device = torch.device("cuda" if kind == "gpu_latency" else "cpu")
         header.update(batch=batch, threads=threads, device=device_name(device), runtime="torch",
                       runtime_version=torch.__version__)
+        if kind == "cpu_latency":
+            header["cold_cache"] = cold_cache
     return header
 
 
@@ -72,6 +81,10 @@ class _Meter:
         self.device = torch.device("cuda" if self.kind == "gpu_latency" else "cpu")
         self.batch = header.get("batch", 1)
         self.sync = (lambda: torch.cuda.synchronize(self.device)) if self.device.type == "cuda" else None
+        self.flush = None
+        if header.get("cold_cache"):
+            buffer = torch.zeros(FLUSH_BYTES // 4)
+            self.flush = lambda: buffer.add_(1.0)
 
     def __call__(self, module: torch.nn.Module, shape: tuple[int, ...]) -> float:
         x = torch.randn(self.batch if self.kind != "macs" else 1, *shape, device=self.device)
@@ -79,7 +92,7 @@ class _Meter:
         if self.kind == "macs":
             return module_macs(module, x) / 1e9
         with torch.inference_mode():
-            return time_calls(module, x, self.warmup, self.runs, self.sync)["median"]
+            return time_calls(module, x, self.warmup, self.runs, self.sync, before=self.flush)["median"]
 
 
 def build_cost_table(header: dict[str, Any], runs: int = 20, warmup: int = 5, progress: bool = False) -> CostTable:
