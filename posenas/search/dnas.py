@@ -129,6 +129,11 @@ class DNASExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     search: DNASConfig = field(default_factory=DNASConfig)
 
+    def __post_init__(self) -> None:
+        if self.train.init_from:
+            raise PosenasError("config.train.init_from: not supported by the differentiable search (its supernet "
+                               "starts from scratch); leave it null")
+
     def training(self) -> ExperimentConfig:
         return ExperimentConfig(model=ModelConfig(), data=self.data, augment=self.augment, optim=self.optim,
                                 train=self.train)
