@@ -25,6 +25,7 @@ from posenas.errors import PosenasError
 from posenas.jsonio import read_json, write_json
 from posenas.models.simplebaseline import SimpleBaselineArch, build_simplebaseline
 from posenas.spaces.efficientpose import EfficientPoseArch, build_efficientpose
+from posenas.spaces.pnfs import PNFSArch, build_pnfs
 from posenas.spaces.vipnas import ViPNASMobileNetV3Arch, ViPNASResNetArch, build_vipnas
 
 
@@ -50,6 +51,7 @@ ARCH_SPACES: dict[str, ArchSpace] = {
     "vipnas-resnet": ArchSpace(ViPNASResNetArch, build_vipnas),
     "vipnas-mobilenetv3": ArchSpace(ViPNASMobileNetV3Arch, build_vipnas),
     "efficientpose": ArchSpace(EfficientPoseArch, build_efficientpose),
+    "pnfs": ArchSpace(PNFSArch, build_pnfs),
 }
 
 #: Named architectures, as arch JSON.

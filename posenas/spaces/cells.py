@@ -1,0 +1,151 @@
+"""Cells and mixed operations for the cell-based searches (PNFS; AutoPose and 3M-Pose build
+on the same pieces).
+
+- :data:`CELL_OPS`: the candidate operations by name (zero, skip, 3x3 depthwise-separable
+  conv, 3x3 dilated conv of rate 2, 3x3 average and max pooling), each keeping the
+  channels and the resolution.
+- :class:`MixedOp`: one edge; its output is the weighted sum of its ops for weights the
+  caller passes in (softmax(alpha) in PNFS, Gumbel-softmax samples in AutoPose, a
+  sparse top-k in 3M-Pose), so the weighting lives outside the edge. Ops whose weight
+  is a known zero (``active``) are not run.
+- :class:`Cell`: PNFS Eq. 1 — H hidden nodes, node j the sum over every earlier node i
+  (node 0 is the input) of the mixed op on edge (i, j); the hidden nodes concatenated
+  and reduced back to the cell's channels by a 1x1 conv-BN-ReLU.
+- :class:`ScaleInput`: PNFS Eq. 2 — a cell's input node, the beta-weighted sum of the
+  three neighbouring scales of the previous layer: the finer one down-sampled by a
+  stride-2 3x3 conv-BN-ReLU (doubling channels), the same scale as it is, the coarser
+  one up-sampled bilinearly and halved in channels by a 1x1 conv. Where a neighbour does
+  not exist (the finest and coarsest scales, the first layer) the same-scale input is
+  used in its place, as the paper's footnote says ("we copy one of candidate inputs").
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from posenas.models.blocks import ConvBNAct
+
+
+class Zero(nn.Module):
+    """The "zero" op: no connection (its output is all zeros)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(x)
+
+
+class SepConv(nn.Sequential):
+    """ReLU -> 3x3 depthwise conv (dilation ``dilation``) -> 1x1 conv -> BN (DARTS's op form)."""
+
+    def __init__(self, channels: int, dilation: int = 1):
+        super().__init__(
+            nn.ReLU(inplace=False),
+            nn.Conv2d(channels, channels, 3, padding=dilation, dilation=dilation, groups=channels, bias=False),
+            nn.Conv2d(channels, channels, 1, bias=False),
+            nn.BatchNorm2d(channels),
+        )
+
+
+#: Candidate operations by name: ``factory(channels) -> module`` keeping shape.
+CELL_OPS: dict[str, Callable[[int], nn.Module]] = {
+    "zero": lambda c: Zero(),
+    "skip": lambda c: nn.Identity(),
+    "sep_conv_3x3": lambda c: SepConv(c),
+    "dil_conv_3x3": lambda c: SepConv(c, dilation=2),
+    "avg_pool_3x3": lambda c: nn.AvgPool2d(3, 1, 1, count_include_pad=False),
+    "max_pool_3x3": lambda c: nn.MaxPool2d(3, 1, 1),
+}
+
+
+def edges(hidden: int) -> list[tuple[int, int]]:
+    """The (i, j) edges of a cell with ``hidden`` nodes, j = 1..H, i = 0..j-1: H(H+1)/2 of them."""
+    return [(i, j) for j in range(1, hidden + 1) for i in range(j)]
+
+
+class MixedOp(nn.Module):
+    """One edge: ``sum_o weights[o] * o(x)`` over the ops named in ``ops``."""
+
+    def __init__(self, channels: int, ops: Sequence[str]):
+        super().__init__()
+        self.names = tuple(ops)
+        self.ops = nn.ModuleList(CELL_OPS[name](channels) for name in self.names)
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor, active: Sequence[int] | None = None) -> torch.Tensor:
+        """``active``: indices of the ops to run (others count as weight 0); None runs all,
+        and "zero" is never run (its term is 0)."""
+        out = None
+        for k in (range(len(self.ops)) if active is None else active):
+            if self.names[k] == "zero":
+                continue
+            y = weights[k] * self.ops[k](x)
+            out = y if out is None else out + y
+        return torch.zeros_like(x) if out is None else out
+
+
+class Cell(nn.Module):
+    """PNFS Eq. 1: a DAG of ``hidden`` nodes over mixed ops, concatenated and reduced by 1x1."""
+
+    def __init__(self, channels: int, hidden: int, ops: Sequence[str]):
+        super().__init__()
+        self.channels, self.hidden = channels, hidden
+        self.edges = edges(hidden)
+        self.mixed = nn.ModuleList(MixedOp(channels, ops) for _ in self.edges)
+        self.reduce = ConvBNAct(hidden * channels, channels, 1)
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor,
+                active: Sequence[Sequence[int] | None] | None = None) -> torch.Tensor:
+        """``weights``: (edges x ops) op weights; ``active``: per edge, the ops to run (None: all)."""
+        nodes = [x]
+        e = 0
+        for j in range(1, self.hidden + 1):
+            total = None
+            for i in range(j):
+                y = self.mixed[e](nodes[i], weights[e], None if active is None else active[e])
+                total = y if total is None else total + y
+                e += 1
+            nodes.append(total)
+        return self.reduce(torch.cat(nodes[1:], dim=1))
+
+
+class ScaleInput(nn.Module):
+    """PNFS Eq. 2: the ``beta``-weighted sum of the finer (down-sampled), same and coarser
+    (up-sampled) outputs of the previous layer. A neighbour that does not exist is
+    replaced by a copy of one that does (the same scale first, then the finer, then the
+    coarser), so beta always has three entries."""
+
+    def __init__(self, channels: int, has_finer: bool, has_same: bool, has_coarser: bool):
+        super().__init__()
+        if not (has_finer or has_same or has_coarser):
+            raise ValueError("a cell needs at least one input")
+        self.down = ConvBNAct(channels // 2, channels, 3, 2) if has_finer else None
+        self.up = nn.Conv2d(channels * 2, channels, 1, bias=False) if has_coarser else None
+        self.has = (has_finer, has_same, has_coarser)
+        fallback = next(k for k in (1, 0, 2) if self.has[k])
+        self.source = tuple(k if self.has[k] else fallback for k in range(3))
+
+    def forward(self, finer: torch.Tensor | None, same: torch.Tensor | None, coarser: torch.Tensor | None,
+                beta: torch.Tensor, size: tuple[int, int], active: Sequence[int] | None = None) -> torch.Tensor:
+        """``size``: this scale's (H, W); ``active``: the candidates (0 finer, 1 same, 2 coarser)
+        to use, None for all."""
+        cache: dict[int, torch.Tensor] = {}
+
+        def candidate(k: int) -> torch.Tensor:
+            if k not in cache:
+                if k == 0:
+                    cache[k] = self.down(finer)
+                elif k == 1:
+                    cache[k] = same
+                else:
+                    cache[k] = self.up(F.interpolate(coarser, size=size, mode="bilinear", align_corners=False))
+            return cache[k]
+
+        out = None
+        for k in (range(3) if active is None else active):
+            y = beta[k] * candidate(self.source[k])
+            out = y if out is None else out + y
+        if out is None:
+            raise ValueError("no active input")
+        return out
