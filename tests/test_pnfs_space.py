@@ -115,3 +115,17 @@ def test_table_vi_model_size():
     arch = pnfs_arch(MPII16, 3, backbone="mobilenetv2", layers=3, hidden=1, channels=10, vector_dim=8)
     params = count_params(build_model(arch, 16)) / 1e6
     assert params == pytest.approx(3.3, rel=0.06)
+
+
+def test_training_loss_supervises_each_part_on_its_own_joints():
+    from posenas.engine.train import heatmap_loss, model_loss
+
+    torch.manual_seed(0)
+    arch = pnfs_arch(COCO17, 5, backbone="mobilenetv2", layers=1, hidden=1, channels=2, vector_dim=2)
+    model = PNFSModel(arch, 17).train()
+    order = model.output_joints.tolist()
+    assert order != sorted(order)  # P=5 interleaves the arms: a plain loss would mix joints up
+    target, weight = torch.rand(2, 17, 16, 16), torch.rand(2, 17)
+    pred = model(torch.randn(2, 3, 64, 64))
+    expected = torch.stack([heatmap_loss(pred[:, [c]], target[:, [j]], weight[:, [j]]) for c, j in enumerate(order)])
+    assert torch.allclose(model_loss(model, pred, target, weight), expected.mean(), atol=1e-7)

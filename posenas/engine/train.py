@@ -98,6 +98,18 @@ def heatmap_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor)
     return 0.5 * (weight[:, :, None, None] * (pred - target) ** 2).mean()
 
 
+def model_loss(model: nn.Module, pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """:func:`heatmap_loss` of a model's training output. A model whose training output has
+    other channels than the joints (PNFS: each body part's maps, a joint in several parts
+    repeated) names the joint of each channel in ``output_joints``; targets follow it."""
+    inner = _unwrap(model)
+    joints = getattr(inner, "output_joints", None)
+    if joints is not None and inner.training:
+        index = joints.to(target.device)
+        target, weight = target[:, index], weight[:, index]
+    return heatmap_loss(pred, target, weight)
+
+
 class Objective:
     """What a training run optimises: the plain model of an arch (this class), or a
     supernet with the sandwich rule (:class:`posenas.search.sandwich.SandwichObjective`).
@@ -147,7 +159,7 @@ class Objective:
     def step(self, model: nn.Module, images: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
              step: int, world: World) -> torch.Tensor:
         """Forward and backward for one optimiser step; returns the (detached) loss to log."""
-        loss = heatmap_loss(model(images), target, weight)
+        loss = model_loss(model, model(images), target, weight)
         if not world.any_true(not bool(torch.isfinite(loss))):  # every rank backwards, or none (DDP)
             loss.backward()
         return loss.detach()

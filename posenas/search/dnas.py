@@ -1,8 +1,9 @@
 """EfficientPose's differentiable, cost-aware backbone search (sections 3.1-3.2 of the paper;
 DARTS first order with FBNet's cost term).
 
-The training split is divided by image, with a seeded permutation, into a weight part
-(80 %) and an architecture part (20 %). Every optimiser step trains the operation weights
+The first-order alternation itself is :mod:`posenas.search.darts`. The training split is
+divided by image, with a seeded permutation, into a weight part (80 %) and an architecture
+part (20 %). Every optimiser step trains the operation weights
 on a weight batch (SGD, momentum 0.9, weight decay 1e-4, cosine: the run's optimiser) with
 the architecture parameters alpha fixed. After ``warmup_epochs`` weight-only epochs each
 step first takes one alpha step (Adam, lr 3e-4) on an architecture batch, with the weights
@@ -44,15 +45,12 @@ from torch import nn
 
 from posenas.arch import arch_from_json, save_arch_file
 from posenas.checkpoint import model_from_checkpoint
-from posenas.codecs.heatmap import HeatmapCodec
 from posenas.cost import count_macs, count_params
-from posenas.data.records import PoseDataset
-from posenas.data.topdown import TopDownDataset
 from posenas.data.transforms import AugmentConfig
 from posenas.engine.config import DataConfig, ExperimentConfig, ModelConfig, OptimConfig, TrainConfig
-from posenas.engine.distributed import World, average_gradients
 from posenas.engine.predict import primary_value
-from posenas.engine.train import Objective, heatmap_loss, train
+from posenas.engine.train import train
+from posenas.search.darts import FirstOrderObjective
 from posenas.errors import PosenasError
 from posenas.jsonio import read_json, read_jsonl, write_json, write_text
 from posenas.search.cost_table import KINDS, cached_cost_table, save_cost_table, table_header
@@ -139,34 +137,19 @@ class DNASExperimentConfig:
                                 train=self.train)
 
 
-def split_images(dataset: PoseDataset, fraction: float, seed: int) -> tuple[PoseDataset, PoseDataset]:
-    """(weight part, architecture part): a seeded split by image."""
-    order = list(range(len(dataset.images)))
-    random.Random(f"dnas-split:{seed}").shuffle(order)
-    cut = max(1, round(fraction * len(order)))
-    if cut >= len(order):
-        raise PosenasError(f"{dataset.source}: {len(order)} training images are too few to hold out "
-                           f"{fraction:.0%} for the architecture steps")
-    arch = sorted(order[:cut])
-    weights = sorted(order[cut:])
-    return (replace(dataset, images=[dataset.images[i] for i in weights]),
-            replace(dataset, images=[dataset.images[i] for i in arch]))
-
-
 def cost_term(cost: torch.Tensor, weight: float, base: float) -> torch.Tensor:
     """lambda * log_tau(cost) of Eq. 6."""
     return weight * torch.log(cost) / math.log(base)
 
 
-class DNASObjective(Objective):
-    """The engine's objective for the search: alpha steps on held-out batches, weight steps."""
-
-    ddp = False
+class DNASObjective(FirstOrderObjective):
+    """The engine's objective for the search: alpha steps on held-out batches with the cost
+    term of Eq. 6, weight steps with drop-path."""
 
     def __init__(self, cfg: DNASExperimentConfig, table: CostTable):
-        super().__init__(None)
+        s = cfg.search
+        super().__init__(s.arch_fraction, s.warmup_epochs, s.arch_lr, s.arch_weight_decay, s.seed)
         self.cfg, self.table = cfg, table
-        self.model: EfficientPoseSupernet | None = None
 
     def build(self, num_joints: int) -> nn.Module:
         sc = self.cfg.supernet
@@ -177,69 +160,12 @@ class DNASObjective(Objective):
     def checkpoint_fields(self) -> dict:
         return {"arch": self.model.argmax_arch().to_json(), **dnas_supernet_fields(self.model)}
 
-    def weight_split(self, train_set: PoseDataset) -> PoseDataset:
-        weights, self.arch_set = split_images(train_set, self.cfg.search.arch_fraction, self.cfg.search.seed)
-        return weights
+    def arch_parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        return [model.alpha]
 
-    def prepare(self, model: nn.Module, codec: HeatmapCodec, cfg: ExperimentConfig, world: World,
-                steps_per_epoch: int) -> None:
+    def arch_penalty(self, model: nn.Module) -> torch.Tensor:
         s = self.cfg.search
-        self.model = model
-        self.arch_data = TopDownDataset(self.arch_set, codec, cfg.augment, seed=s.seed)
-        if len(self.arch_data) == 0:
-            raise PosenasError(f"{self.arch_set.source}: the architecture split holds no labelled person")
-        self.batch_size = cfg.data.batch_size
-        self.arch_start = s.warmup_epochs * steps_per_epoch
-        self.arch_opt = torch.optim.Adam([model.alpha], lr=s.arch_lr, betas=(0.5, 0.999),
-                                         weight_decay=s.arch_weight_decay)
-        self.last_arch_loss: float | None = None
-
-    def parameters(self, model: nn.Module) -> list[nn.Parameter]:
-        return model.weight_parameters()
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"arch_optimizer": self.arch_opt.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if "arch_optimizer" in state:
-            self.arch_opt.load_state_dict(state["arch_optimizer"])
-
-    def arch_batch(self, step: int, world: World) -> dict[str, torch.Tensor]:
-        """The architecture batch of a step: a function of (seed, step, rank) only (exact resume)."""
-        g = torch.Generator().manual_seed(random.Random(f"dnas-arch:{self.cfg.search.seed}:{step}:{world.rank}")
-                                          .getrandbits(62))
-        picks = torch.randint(len(self.arch_data), (self.batch_size,), generator=g).tolist()
-        self.arch_data.set_epoch(step)
-        items = [self.arch_data[i] for i in picks]
-        return {k: torch.stack([torch.as_tensor(it[k]) for it in items]).to(world.device)
-                for k in ("image", "target", "target_weight")}
-
-    def step(self, model: nn.Module, images: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
-             step: int, world: World) -> torch.Tensor:
-        s = self.cfg.search
-        if step >= self.arch_start:
-            batch = self.arch_batch(step, world)
-            drop, model.drop_prob = model.drop_prob, 0.0
-            mse = heatmap_loss(model(batch["image"]), batch["target"], batch["target_weight"])
-            arch_loss = mse + cost_term(model.expected_cost(self.table), s.cost_weight, s.cost_base)
-            model.drop_prob = drop
-            if world.any_true(not bool(torch.isfinite(arch_loss))):
-                return arch_loss.detach()  # the loop stops before any step
-            (grad,) = torch.autograd.grad(arch_loss, [model.alpha])
-            model.alpha.grad = grad
-            average_gradients([model.alpha], world)
-            self.arch_opt.step()
-            self.arch_opt.zero_grad(set_to_none=True)
-            self.last_arch_loss = float(arch_loss.detach())
-        model.alpha.requires_grad_(False)
-        try:
-            loss = heatmap_loss(model(images), target, weight)
-            if not world.any_true(not bool(torch.isfinite(loss))):
-                loss.backward()
-        finally:
-            model.alpha.requires_grad_(True)
-        average_gradients(model.weight_parameters(), world)
-        return loss.detach()
+        return cost_term(model.expected_cost(self.table), s.cost_weight, s.cost_base)
 
     def log_fields(self, model: nn.Module) -> dict[str, Any]:
         with torch.no_grad():

@@ -1,0 +1,138 @@
+"""First-order differentiable architecture search through the training engine (DARTS, first
+order), shared by EfficientPose's cost-aware search and PNFS's "DARTS" strategy.
+
+The training images are split by image, with a seeded permutation, into a weight part and
+an architecture part. The engine iterates the weight part; every step (after
+``warmup_epochs`` weight-only epochs) first takes one step of the architecture parameters
+on a batch of the architecture part with the weights fixed, then the weight step with the
+architecture parameters fixed. Under torchrun both gradients are averaged over the ranks
+by hand, so the architecture parameters stay identical on every rank. Architecture
+batches are a function of (seed, step, rank), so a resumed run repeats them exactly.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from posenas.codecs.heatmap import HeatmapCodec
+from posenas.data.records import PoseDataset
+from posenas.data.topdown import TopDownDataset
+from posenas.engine.config import ExperimentConfig
+from posenas.engine.distributed import World, average_gradients
+from posenas.engine.train import Objective, model_loss
+from posenas.errors import PosenasError
+
+
+def split_images(dataset: PoseDataset, fraction: float, seed: int) -> tuple[PoseDataset, PoseDataset]:
+    """(weight part, architecture part): a seeded split by image."""
+    order = list(range(len(dataset.images)))
+    random.Random(f"dnas-split:{seed}").shuffle(order)
+    cut = max(1, round(fraction * len(order)))
+    if cut >= len(order):
+        raise PosenasError(f"{dataset.source}: {len(order)} training images are too few to hold out "
+                           f"{fraction:.0%} for the architecture steps")
+    arch = sorted(order[:cut])
+    weights = sorted(order[cut:])
+    return (replace(dataset, images=[dataset.images[i] for i in weights]),
+            replace(dataset, images=[dataset.images[i] for i in arch]))
+
+
+class FirstOrderObjective(Objective):
+    """Alternating architecture / weight steps. Subclasses build the model and say which of
+    its parameters are architecture parameters (:meth:`arch_parameters`), and may add a
+    term to the architecture loss (:meth:`arch_penalty`)."""
+
+    ddp = False
+
+    def __init__(self, arch_fraction: float, warmup_epochs: int, arch_lr: float, arch_weight_decay: float,
+                 seed: int, betas: tuple[float, float] = (0.5, 0.999)):
+        super().__init__(None)
+        self.arch_fraction, self.warmup_epochs, self.seed = arch_fraction, warmup_epochs, seed
+        self.arch_lr, self.arch_weight_decay, self.betas = arch_lr, arch_weight_decay, betas
+        self.model: nn.Module | None = None
+        self.last_arch_loss: float | None = None
+
+    # --- what subclasses provide
+    def arch_parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        raise NotImplementedError
+
+    def arch_penalty(self, model: nn.Module) -> torch.Tensor | float:
+        return 0.0
+
+    # --- the engine's hooks
+    def weight_split(self, train_set: PoseDataset) -> PoseDataset:
+        weights, self.arch_set = split_images(train_set, self.arch_fraction, self.seed)
+        return weights
+
+    def prepare(self, model: nn.Module, codec: HeatmapCodec, cfg: ExperimentConfig, world: World,
+                steps_per_epoch: int) -> None:
+        self.model = model
+        self.arch_data = TopDownDataset(self.arch_set, codec, cfg.augment, seed=self.seed)
+        if len(self.arch_data) == 0:
+            raise PosenasError(f"{self.arch_set.source}: the architecture split holds no labelled person")
+        self.batch_size = cfg.data.batch_size
+        self.arch_start = self.warmup_epochs * steps_per_epoch
+        self.arch_opt = torch.optim.Adam(self.arch_parameters(model), lr=self.arch_lr, betas=self.betas,
+                                         weight_decay=self.arch_weight_decay)
+
+    def parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        arch = {id(p) for p in self.arch_parameters(model)}
+        return [p for p in model.parameters() if id(p) not in arch]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"arch_optimizer": self.arch_opt.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "arch_optimizer" in state:
+            self.arch_opt.load_state_dict(state["arch_optimizer"])
+
+    def arch_batch(self, step: int, world: World) -> dict[str, torch.Tensor]:
+        """The architecture batch of a step: a function of (seed, step, rank) only (exact resume)."""
+        g = torch.Generator().manual_seed(random.Random(f"dnas-arch:{self.seed}:{step}:{world.rank}").getrandbits(62))
+        picks = torch.randint(len(self.arch_data), (self.batch_size,), generator=g).tolist()
+        self.arch_data.set_epoch(step)
+        items = [self.arch_data[i] for i in picks]
+        return {k: torch.stack([torch.as_tensor(it[k]) for it in items]).to(world.device)
+                for k in ("image", "target", "target_weight")}
+
+    def arch_step(self, model: nn.Module, step: int, world: World) -> torch.Tensor | None:
+        """One step of the architecture parameters; returns a non-finite loss to stop the run."""
+        batch = self.arch_batch(step, world)
+        drop, model.drop_prob = getattr(model, "drop_prob", 0.0), 0.0  # no drop-path on architecture steps
+        loss = model_loss(model, model(batch["image"]), batch["target"], batch["target_weight"])
+        loss = loss + self.arch_penalty(model)
+        model.drop_prob = drop
+        if world.any_true(not bool(torch.isfinite(loss))):
+            return loss.detach()
+        params = self.arch_parameters(model)
+        for p, grad in zip(params, torch.autograd.grad(loss, params)):
+            p.grad = grad
+        average_gradients(params, world)
+        self.arch_opt.step()
+        self.arch_opt.zero_grad(set_to_none=True)
+        self.last_arch_loss = float(loss.detach())
+        return None
+
+    def step(self, model: nn.Module, images: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
+             step: int, world: World) -> torch.Tensor:
+        if step >= self.arch_start:
+            stop = self.arch_step(model, step, world)
+            if stop is not None:
+                return stop  # the loop stops before any optimiser step
+        params = self.arch_parameters(model)
+        for p in params:
+            p.requires_grad_(False)
+        try:
+            loss = model_loss(model, model(images), target, weight)
+            if not world.any_true(not bool(torch.isfinite(loss))):
+                loss.backward()
+        finally:
+            for p in params:
+                p.requires_grad_(True)
+        average_gradients(self.parameters(model), world)
+        return loss.detach()
