@@ -129,3 +129,37 @@ def test_training_loss_supervises_each_part_on_its_own_joints():
     pred = model(torch.randn(2, 3, 64, 64))
     expected = torch.stack([heatmap_loss(pred[:, [c]], target[:, [j]], weight[:, [j]]) for c, j in enumerate(order)])
     assert torch.allclose(model_loss(model, pred, target, weight), expected.mean(), atol=1e-7)
+
+
+def test_export_reproduces_the_model_and_pruning_drops_small_terms():
+    from posenas.cost import count_macs
+    from posenas.spaces.pnfs import export_arch, fabrics, prune_arch, searched_state
+
+    torch.manual_seed(0)
+    arch = pnfs_arch(COCO17, 3, backbone="fabric", backbone_layers=3, layers=2, hidden=2, channels=2, vector_dim=4,
+                     ops=["zero", "skip", "sep_conv_3x3", "avg_pool_3x3"], backbone_ops=["skip", "max_pool_3x3"])
+    model = PNFSModel(arch, 17)
+    with torch.no_grad():
+        for f in fabrics(model):
+            f.alpha.normal_(0, 2)
+            f.beta.normal_(0, 2)
+    model.eval()
+    exported = export_arch(model)
+    again = arch_from_json(json.loads(json.dumps(exported.to_json())))  # through JSON text
+    assert again == exported
+    dense = build_model(again, 17).eval()
+    dense.load_state_dict(searched_state(model, dense))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert (model(x) - dense(x)).abs().max() <= 1e-6
+    pruned_arch = prune_arch(exported, 0.3)
+    pruned = build_model(pruned_arch, 17).eval()
+    pruned.load_state_dict(searched_state(model, pruned))
+    assert count_params(pruned) < count_params(dense)
+    assert count_macs(pruned, (64, 64))[0] < count_macs(dense, (64, 64))[0]
+    alpha = pruned_arch.weights["subnets"][0]["alpha"]
+    assert all(v == 0 or v >= 0.3 or v == max(row) for row in alpha for v in row)
+    with pytest.raises(PosenasError, match=r"arch\.weights\.subnets\[1\]\.beta\[0\]: all weights are 0"):
+        bad = exported.to_json()
+        bad["weights"]["subnets"][1]["beta"][0] = [0, 0, 0]
+        arch_from_json(bad)

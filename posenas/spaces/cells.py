@@ -66,38 +66,43 @@ def edges(hidden: int) -> list[tuple[int, int]]:
 
 
 class MixedOp(nn.Module):
-    """One edge: ``sum_o weights[o] * o(x)`` over the ops named in ``ops``."""
+    """One edge: ``sum_o weights[o] * o(x)`` over the ops named in ``ops``. With ``keep`` only
+    those op indices are built (a pruned edge); the others count as weight 0."""
 
-    def __init__(self, channels: int, ops: Sequence[str]):
+    def __init__(self, channels: int, ops: Sequence[str], keep: Sequence[int] | None = None):
         super().__init__()
         self.names = tuple(ops)
-        self.ops = nn.ModuleList(CELL_OPS[name](channels) for name in self.names)
+        kept = range(len(self.names)) if keep is None else sorted(keep)
+        self.ops = nn.ModuleDict({str(k): CELL_OPS[self.names[k]](channels) for k in kept})
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, active: Sequence[int] | None = None) -> torch.Tensor:
-        """``active``: indices of the ops to run (others count as weight 0); None runs all,
-        and "zero" is never run (its term is 0)."""
+        """``active``: indices of the ops to run (others count as weight 0); None runs every
+        built op. "zero" is never run (its term is 0)."""
         out = None
-        for k in (range(len(self.ops)) if active is None else active):
+        for k in (map(int, self.ops.keys()) if active is None else active):
             if self.names[k] == "zero":
                 continue
-            y = weights[k] * self.ops[k](x)
+            y = weights[k] * self.ops[str(k)](x)
             out = y if out is None else out + y
         return torch.zeros_like(x) if out is None else out
 
 
 class Cell(nn.Module):
-    """PNFS Eq. 1: a DAG of ``hidden`` nodes over mixed ops, concatenated and reduced by 1x1."""
+    """PNFS Eq. 1: a DAG of ``hidden`` nodes over mixed ops, concatenated and reduced by 1x1.
+    ``keep``: per edge, the op indices to build (None: all)."""
 
-    def __init__(self, channels: int, hidden: int, ops: Sequence[str]):
+    def __init__(self, channels: int, hidden: int, ops: Sequence[str],
+                 keep: Sequence[Sequence[int]] | None = None):
         super().__init__()
         self.channels, self.hidden = channels, hidden
         self.edges = edges(hidden)
-        self.mixed = nn.ModuleList(MixedOp(channels, ops) for _ in self.edges)
+        self.mixed = nn.ModuleList(MixedOp(channels, ops, None if keep is None else keep[e])
+                                   for e in range(len(self.edges)))
         self.reduce = ConvBNAct(hidden * channels, channels, 1)
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor,
                 active: Sequence[Sequence[int] | None] | None = None) -> torch.Tensor:
-        """``weights``: (edges x ops) op weights; ``active``: per edge, the ops to run (None: all)."""
+        """``weights``: (edges x ops) op weights; ``active``: per edge, the ops to run (None: all built)."""
         nodes = [x]
         e = 0
         for j in range(1, self.hidden + 1):
@@ -116,15 +121,18 @@ class ScaleInput(nn.Module):
     replaced by a copy of one that does (the same scale first, then the finer, then the
     coarser), so beta always has three entries."""
 
-    def __init__(self, channels: int, has_finer: bool, has_same: bool, has_coarser: bool):
+    def __init__(self, channels: int, has_finer: bool, has_same: bool, has_coarser: bool,
+                 keep: Sequence[int] | None = None):
+        """``keep``: the candidates (0 finer, 1 same, 2 coarser) a pruned cell still uses."""
         super().__init__()
         if not (has_finer or has_same or has_coarser):
             raise ValueError("a cell needs at least one input")
-        self.down = ConvBNAct(channels // 2, channels, 3, 2) if has_finer else None
-        self.up = nn.Conv2d(channels * 2, channels, 1, bias=False) if has_coarser else None
         self.has = (has_finer, has_same, has_coarser)
         fallback = next(k for k in (1, 0, 2) if self.has[k])
         self.source = tuple(k if self.has[k] else fallback for k in range(3))
+        used = {self.source[k] for k in (range(3) if keep is None else keep)}
+        self.down = ConvBNAct(channels // 2, channels, 3, 2) if 0 in used else None
+        self.up = nn.Conv2d(channels * 2, channels, 1, bias=False) if 2 in used else None
 
     def forward(self, finer: torch.Tensor | None, same: torch.Tensor | None, coarser: torch.Tensor | None,
                 beta: torch.Tensor, size: tuple[int, int], active: Sequence[int] | None = None) -> torch.Tensor:

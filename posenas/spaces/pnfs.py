@@ -54,7 +54,9 @@ SUBNET_OPS = ("zero", "skip", "sep_conv_3x3", "dil_conv_3x3")  # the paper's sub
 ALL_OPS = tuple(CELL_OPS)
 MAX_SCALES = 4
 _KEYS = ("space", "backbone", "backbone_layers", "layers", "scales", "hidden", "channels", "ops", "backbone_ops",
-         "parts", "vector_dim")
+         "parts", "vector_dim", "weights")
+
+Matrix = tuple[tuple[float, ...], ...]
 
 
 def scale_channels(channels: int, k: int) -> int:
@@ -74,6 +76,9 @@ class PNFSArch:
     ops: tuple[str, ...] = SUBNET_OPS
     backbone_layers: int = 0
     backbone_ops: tuple[str, ...] = ()
+    # the searched weights, softmaxed (zeros where pruned): {"backbone": {"alpha", "beta"} or None,
+    # "subnets": [{"alpha", "beta"} per part]}; None: a searchable model (alpha, beta parameters)
+    weights: dict[str, Any] | None = None
     space: ClassVar[str] = "pnfs"
 
     def __post_init__(self) -> None:
@@ -87,7 +92,14 @@ class PNFSArch:
         return {"space": self.space, "backbone": self.backbone, "backbone_layers": self.backbone_layers,
                 "layers": self.layers, "scales": self.scales, "hidden": self.hidden, "channels": self.channels,
                 "ops": list(self.ops), "backbone_ops": list(self.backbone_ops),
-                "parts": [list(p) for p in self.parts], "vector_dim": self.vector_dim}
+                "parts": [list(p) for p in self.parts], "vector_dim": self.vector_dim,
+                "weights": _weights_json(self.weights)}
+
+    def fabric_layouts(self) -> tuple[list | None, list]:
+        """(backbone fabric cells or None, sub-network fabric cells)."""
+        s = self.scales
+        backbone = fabric_layout(self.backbone_layers, s, [0], range(s)) if self.backbone == "fabric" else None
+        return backbone, fabric_layout(self.layers, s, range(s), [0])
 
     @classmethod
     def from_json(cls, data: Any, where: str = "arch") -> "PNFSArch":
@@ -133,9 +145,52 @@ class PNFSArch:
         arch = object.__new__(cls)
         for key, value in (("backbone", backbone), ("layers", layers), ("hidden", hidden), ("channels", channels),
                            ("parts", tuple(parts)), ("vector_dim", vector_dim), ("scales", scales), ("ops", ops),
-                           ("backbone_layers", backbone_layers), ("backbone_ops", backbone_ops)):
+                           ("backbone_layers", backbone_layers), ("backbone_ops", backbone_ops), ("weights", None)):
             object.__setattr__(arch, key, value)
+        if data.get("weights") is not None:
+            object.__setattr__(arch, "weights", _check_weights(arch, data["weights"], f"{where}.weights"))
         return arch
+
+
+def _weights_json(weights: dict[str, Any] | None) -> dict | None:
+    if weights is None:
+        return None
+    fabric = lambda f: None if f is None else {"alpha": [list(r) for r in f["alpha"]],  # noqa: E731
+                                               "beta": [list(r) for r in f["beta"]]}
+    return {"backbone": fabric(weights["backbone"]), "subnets": [fabric(f) for f in weights["subnets"]]}
+
+
+def _check_matrix(value: Any, field: str, rows: int, cols: int) -> Matrix:
+    rows_ = check_list(value, field, f"{rows} rows of {cols} weights", rows)
+    out = []
+    for i, row in enumerate(rows_):
+        row = check_list(row, f"{field}[{i}]", f"{cols} weights", cols)
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in row):
+            raise PosenasError(f"{field}[{i}]: expected weights in [0, 1], got {row}")
+        if not any(row):
+            raise PosenasError(f"{field}[{i}]: all weights are 0; keep at least one")
+        out.append(tuple(float(v) for v in row))
+    return tuple(out)
+
+
+def _check_weights(arch: PNFSArch, data: Any, where: str) -> dict[str, Any]:
+    """Searched weights with the shapes of ``arch``'s fabrics."""
+    data = check_object(data, where, ("backbone", "subnets"), required=("backbone", "subnets"))
+    backbone_cells, subnet_cells = arch.fabric_layouts()
+    n_edges = len(edges(arch.hidden))
+
+    def fabric(value: Any, field: str, cells: list, ops: tuple[str, ...]) -> dict[str, Matrix]:
+        value = check_object(value, field, ("alpha", "beta"), required=("alpha", "beta"))
+        return {"alpha": _check_matrix(value["alpha"], f"{field}.alpha", n_edges, len(ops)),
+                "beta": _check_matrix(value["beta"], f"{field}.beta", len(cells), 3)}
+
+    if (data["backbone"] is None) != (backbone_cells is None):
+        raise PosenasError(f"{where}.backbone: expected {'null' if backbone_cells is None else 'the fabric backbone weights'}"
+                           f" for backbone {arch.backbone!r}")
+    subnets = check_list(data["subnets"], f"{where}.subnets", "one weight set per part", len(arch.parts))
+    return {"backbone": None if backbone_cells is None else
+            fabric(data["backbone"], f"{where}.backbone", backbone_cells, arch.backbone_ops),
+            "subnets": [fabric(f, f"{where}.subnets[{i}]", subnet_cells, arch.ops) for i, f in enumerate(subnets)]}
 
 
 def _ops(value: Any, field: str, required: bool) -> tuple[str, ...]:
@@ -155,43 +210,75 @@ def pnfs_arch(schema: KeypointSchema, parts: int, **fields: Any) -> PNFSArch:
     return PNFSArch.from_json({"space": "pnfs", "parts": groups, **fields})
 
 
+def fabric_layout(layers: int, scales: int, inputs: Sequence[int], outputs: Sequence[int]) -> list[tuple[int, int]]:
+    """The (layer, scale) cells of a fabric: those an input reaches (one scale coarser or finer
+    per layer) and that reach an output of the last layer, in layer then scale order."""
+    avail = [set(inputs)]
+    for _ in range(layers):
+        prev = avail[-1]
+        avail.append({k for k in range(scales) if prev & {k - 1, k, k + 1}})
+    needed = set(outputs)
+    kept: list[set[int]] = [set() for _ in range(layers)]
+    for layer in range(layers - 1, -1, -1):
+        kept[layer] = avail[layer + 1] & needed
+        needed = {n for k in kept[layer] for n in (k - 1, k, k + 1)}
+    missing = set(outputs) - kept[-1]
+    if missing:
+        raise PosenasError(f"fabric: {layers} layers from scales {sorted(inputs)} cannot reach scales {sorted(missing)}")
+    return [(layer, k) for layer in range(layers) for k in sorted(kept[layer])]
+
+
+def _nonzero(row: Sequence[float]) -> list[int]:
+    return [i for i, v in enumerate(row) if v != 0]
+
+
 class Fabric(nn.Module):
     """``layers`` x ``scales`` cells fed by a pyramid at the scales ``inputs``; returns the last
     layer's outputs at the scales ``outputs``. Cells no input reaches, or that reach no
-    output, are not built."""
+    output, are not built.
+
+    Searchable (``fixed`` None): ``alpha`` (edges x ops, shared by the fabric's cells, as the
+    paper has it) and ``beta`` (cells x 3) are parameters, weights = softmax. Fixed (an
+    exported arch): ``fixed = {"alpha": ..., "beta": ...}`` holds the weights themselves
+    (softmaxed, zeros where pruned), kept as buffers; ops and inputs of weight 0 are not
+    built or run."""
 
     def __init__(self, layers: int, scales: int, hidden: int, channels: int, ops: Sequence[str],
-                 inputs: Sequence[int], outputs: Sequence[int]):
+                 inputs: Sequence[int], outputs: Sequence[int], fixed: dict[str, Any] | None = None):
         super().__init__()
         self.layers, self.scales, self.hidden = layers, scales, hidden
-        avail = [set(inputs)]
-        for _ in range(layers):
-            prev = avail[-1]
-            avail.append({k for k in range(scales) if prev & {k - 1, k, k + 1}})
-        needed = set(outputs)
-        kept: list[set[int]] = [set() for _ in range(layers)]
-        for layer in range(layers - 1, -1, -1):
-            kept[layer] = avail[layer + 1] & needed
-            needed = {n for k in kept[layer] for n in (k - 1, k, k + 1)}
-        missing = set(outputs) - kept[-1]
-        if missing:
-            raise PosenasError(f"fabric: {layers} layers from scales {sorted(inputs)} cannot reach scales {sorted(missing)}")
-        self.positions: list[tuple[int, int]] = [(layer, k) for layer in range(layers) for k in sorted(kept[layer])]
+        self.positions = fabric_layout(layers, scales, inputs, outputs)
         self.outputs = tuple(sorted(outputs))
+        self.ops = tuple(ops)
+        n_edges = len(edges(hidden))
+        if fixed is None:
+            self.alpha = nn.Parameter(torch.zeros(n_edges, len(ops)))
+            self.beta = nn.Parameter(torch.zeros(len(self.positions), 3))
+            self.edge_ops = self.cell_inputs = None
+        else:
+            self.register_buffer("alpha_weights", torch.tensor(fixed["alpha"], dtype=torch.float32))
+            self.register_buffer("beta_weights", torch.tensor(fixed["beta"], dtype=torch.float32))
+            self.edge_ops = [_nonzero(row) for row in fixed["alpha"]]
+            self.cell_inputs = [_nonzero(row) for row in fixed["beta"]]
+        built = {(layer, k) for layer, k in self.positions}
         self.cells = nn.ModuleDict()
         self.mix = nn.ModuleDict()
-        for layer, k in self.positions:
-            prev = set(inputs) if layer == 0 else kept[layer - 1]
+        for i, (layer, k) in enumerate(self.positions):
+            prev = set(inputs) if layer == 0 else {kk for ll, kk in built if ll == layer - 1}
             c = scale_channels(channels, k)
-            self.mix[f"{layer}_{k}"] = ScaleInput(c, k - 1 in prev, k in prev, k + 1 in prev)
-            self.cells[f"{layer}_{k}"] = Cell(c, hidden, ops)
-        self.ops = tuple(ops)
-        self.alpha = nn.Parameter(torch.zeros(len(edges(hidden)), len(ops)))  # shared by all cells (the paper)
-        self.beta = nn.Parameter(torch.zeros(len(self.positions), 3))  # per cell
+            self.mix[f"{layer}_{k}"] = ScaleInput(c, k - 1 in prev, k in prev, k + 1 in prev,
+                                                  None if self.cell_inputs is None else self.cell_inputs[i])
+            self.cells[f"{layer}_{k}"] = Cell(c, hidden, ops, self.edge_ops)
+
+    @property
+    def searchable(self) -> bool:
+        return self.edge_ops is None
 
     def weights(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """softmax(alpha) per edge and softmax(beta) per cell (Eq. 1-2)."""
-        return torch.softmax(self.alpha, dim=-1), torch.softmax(self.beta, dim=-1)
+        """Op weights per edge and input weights per cell: softmax(alpha), softmax(beta) (Eq. 1-2)."""
+        if self.searchable:
+            return torch.softmax(self.alpha, dim=-1), torch.softmax(self.beta, dim=-1)
+        return self.alpha_weights, self.beta_weights
 
     def forward(self, pyramid: dict[int, torch.Tensor], sizes: dict[int, tuple[int, int]]) -> dict[int, torch.Tensor]:
         alpha, beta = self.weights()
@@ -200,8 +287,9 @@ class Fabric(nn.Module):
         for i, (lyr, k) in enumerate(self.positions):
             if lyr != layer:
                 prev, current, layer = current, {}, lyr
-            x = self.mix[f"{lyr}_{k}"](prev.get(k - 1), prev.get(k), prev.get(k + 1), beta[i], sizes[k])
-            current[k] = self.cells[f"{lyr}_{k}"](x, alpha)
+            x = self.mix[f"{lyr}_{k}"](prev.get(k - 1), prev.get(k), prev.get(k + 1), beta[i], sizes[k],
+                                       None if self.cell_inputs is None else self.cell_inputs[i])
+            current[k] = self.cells[f"{lyr}_{k}"](x, alpha, self.edge_ops)
         return {k: current[k] for k in self.outputs}
 
 
@@ -253,14 +341,16 @@ class PNFSModel(nn.Module):
         s, c = arch.scales, arch.channels
         if arch.backbone == "fabric":
             self.stem = nn.Sequential(ConvBNAct(3, 32, 3, 2), ConvBNAct(32, scale_channels(c, 0), 3, 2))
-            self.backbone = Fabric(arch.backbone_layers, s, arch.hidden, c, arch.backbone_ops, [0], list(range(s)))
+            self.backbone = Fabric(arch.backbone_layers, s, arch.hidden, c, arch.backbone_ops, [0], list(range(s)),
+                                   None if arch.weights is None else arch.weights["backbone"])
             self.project = None
         else:
             self.stem = _Taps(arch.backbone)
             self.backbone = None
             self.project = nn.ModuleList(ConvBNAct(self.stem.channels[k], scale_channels(c, k), 1) for k in range(s))
-        self.subnets = nn.ModuleList(Fabric(arch.layers, s, arch.hidden, c, arch.ops, list(range(s)), [0])
-                                     for _ in arch.parts)
+        self.subnets = nn.ModuleList(Fabric(arch.layers, s, arch.hidden, c, arch.ops, list(range(s)), [0],
+                                            None if arch.weights is None else arch.weights["subnets"][i])
+                                     for i in range(len(arch.parts)))
         self.heads = nn.ModuleList(nn.Conv2d(scale_channels(c, 0), len(p) * arch.vector_dim, 1) for p in arch.parts)
         for head in self.heads:
             nn.init.normal_(head.weight, std=0.01)
@@ -306,3 +396,54 @@ class PNFSModel(nn.Module):
 def build_pnfs(arch: PNFSArch, num_joints: int) -> PNFSModel:
     """The registry's build function (:data:`posenas.arch.ARCH_SPACES`)."""
     return PNFSModel(arch, num_joints)
+
+
+def fabrics(model: PNFSModel) -> list[Fabric]:
+    """The model's fabrics: the backbone's (if any), then one per part."""
+    return ([model.backbone] if model.backbone is not None else []) + list(model.subnets)
+
+
+def export_arch(model: PNFSModel) -> PNFSArch:
+    """The model's arch with its current weights (softmax of alpha, beta): an exact, dense
+    description of the searched network (build it and load the checkpoint's other weights)."""
+    def fabric(f: Fabric | None) -> dict | None:
+        if f is None:
+            return None
+        alpha, beta = (w.detach().cpu().tolist() for w in f.weights())
+        return {"alpha": alpha, "beta": beta}
+
+    data = model.arch.to_json()
+    data["weights"] = {"backbone": fabric(model.backbone), "subnets": [fabric(f) for f in model.subnets]}
+    return PNFSArch.from_json(data)
+
+
+def prune_arch(arch: PNFSArch, threshold: float) -> PNFSArch:
+    """Zero the op and input weights below ``threshold`` (each edge and cell keeps its largest),
+    without renormalising: the ops and inputs left out are exactly those terms."""
+    if arch.weights is None:
+        raise PosenasError("prune: the arch has no searched weights (export it from a trained model first)")
+
+    def rows(matrix) -> list[list[float]]:
+        out = []
+        for row in matrix:
+            top = max(row)
+            out.append([v if v >= threshold or v == top else 0.0 for v in row])
+        return out
+
+    def fabric(f):
+        return None if f is None else {"alpha": rows(f["alpha"]), "beta": rows(f["beta"])}
+
+    data = arch.to_json()
+    data["weights"] = {"backbone": fabric(arch.weights["backbone"]), "subnets": [fabric(f) for f in arch.weights["subnets"]]}
+    return PNFSArch.from_json(data)
+
+
+def searched_state(model: PNFSModel, exported: PNFSModel) -> dict[str, torch.Tensor]:
+    """``model``'s weights for ``exported`` (its export, pruned or not): the architecture
+    parameters become the exported buffers, pruned ops and inputs are left out."""
+    wanted = exported.state_dict()
+    state = {k: v for k, v in model.state_dict().items() if k in wanted}
+    for k in wanted:
+        if k not in state:
+            state[k] = wanted[k]  # the fixed alpha / beta weights
+    return state
