@@ -168,7 +168,23 @@ def cmd_search(args: argparse.Namespace) -> int:
     if not args.resume and not args.config:
         raise PosenasError("search: --config CFG.yaml is required (or --resume --out RUN)")
     out = args.out or f"runs/{Path(args.config).stem}"
-    differentiable = _search_space(Path(out) / "config.yaml" if args.resume else args.config) == "efficientpose"
+    space = _search_space(Path(out) / "config.yaml" if args.resume else args.config)
+    differentiable = space == "efficientpose"
+    if space == "pnfs":
+        from posenas.search.pnfs_search import PNFSExperimentConfig, run_pnfs
+
+        cfg = _run_config(args, PNFSExperimentConfig, "search", list(args.overrides))
+        try:
+            summary = run_pnfs(cfg, out, resume=args.resume, progress=not args.quiet)
+        except Interrupted as e:
+            print(f"posenas: {e} (then: posenas search --resume --out {out})", file=sys.stderr)
+            return 130
+        for key in ("dense", "pruned"):
+            if summary and key in summary:
+                r = summary[key]
+                print(f"{key}: {r['metric']} {r['score']:.4f}, {r['params_m']:.3f} M params, {r['gmacs']:.4f} GMACs; "
+                      f"{Path(out) / ('arch.json' if key == 'dense' else 'arch_pruned.json')}")
+        return 0
     if differentiable:
         from posenas.search.dnas import DNASExperimentConfig, run_dnas, run_random_search
 
@@ -330,8 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     q = sub.add_parser("search", help="architecture search: a ViPNAS supernet searched under a budget, or "
-                                      "EfficientPose's differentiable cost-aware search (by the config's supernet.space)")
-    q.add_argument("--config", help="search YAML (see configs/vipnas/, configs/efficientpose/)")
+                                      "EfficientPose's differentiable cost-aware search, or PNFS fabrics "
+                                      "(by the config's supernet.space)")
+    q.add_argument("--config", help="search YAML (see configs/vipnas/, configs/efficientpose/, configs/pnfs/)")
     q.add_argument("--out", help="run directory (default runs/<config name>)")
     q.add_argument("--resume", action="store_true", help="continue the search in --out")
     q.add_argument("--device", help="auto (default: CUDA when present), cpu, cuda, cuda:N")
