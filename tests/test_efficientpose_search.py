@@ -128,16 +128,16 @@ def test_split_is_seeded_and_disjoint(data_root):
 
 def search_cfg(root, **search) -> dict:
     return {"supernet": {"space": "efficientpose", "setting": "small", "head": {"widths": [16, 16]}},
-            "data": {"root": str(root), "train_split": "val", "val_split": "val", "input_size": [64, 64],
+            "data": {"root": str(root), "train_split": "val", "val_split": "val", "input_size": [32, 32],
                      "batch_size": 4, "workers": 0},
             "train": {"epochs": 3, "device": "cpu", "threads": 1, "val_every": 0, "flip_test": False,
-                      "log_every": 1, "checkpoint_every": 1},
+                      "log_every": 1},
             "search": {"warmup_epochs": 1, "arch_lr": 0.01, "cost_weight": 1.0, **search}}
 
 
 def test_resumed_search_ends_with_the_same_alpha_and_weights(tmp_path, data_root):
     cfg = from_dict(DNASExperimentConfig, search_cfg(data_root))
-    table = build_cost_table(table_header("macs", "small", cfg.supernet.head_arch(), (64, 64), 17))
+    table = build_cost_table(table_header("macs", "small", cfg.supernet.head_arch(), (32, 32), 17))
     train(cfg.training(), tmp_path / "full", progress=False, objective=DNASObjective(cfg, table))
     with pytest.raises(Interrupted):  # 8 weight images, 16 people: 4 steps an epoch; stopped after 2 alpha steps
         train(cfg.training(), tmp_path / "cut", progress=False, stop_at_step=6, objective=DNASObjective(cfg, table))
@@ -199,7 +199,7 @@ def test_random_search_baseline_trains_scores_and_resumes(tmp_path, data_root, c
     for r in records:
         ckpt = load_checkpoint(out / "random" / f"{r['index']:02d}" / "checkpoints" / "last.pt")
         assert ckpt["train_state"]["step"] == 1 and ckpt["arch"] == r["arch"]
-        assert r["gmacs"] == pytest.approx(count_macs(derive(EfficientPoseArch.from_json(r["arch"]), 17), (64, 64))[0] / 1e9)
+        assert r["gmacs"] == pytest.approx(count_macs(derive(EfficientPoseArch.from_json(r["arch"]), 17), (32, 32))[0] / 1e9)
     best = max(records, key=lambda r: r["score"])
     assert json.loads((out / "best_arch.json").read_text()) == best["arch"]
     # resume: finished candidates are read back, not retrained
