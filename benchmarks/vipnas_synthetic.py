@@ -166,7 +166,7 @@ def main() -> None:
     print("\n| model | params (M) | GMACs | 1-thread FPS | train min | AP | AP50 | AR | AP in search (inherited, 200 val) |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in table:
-        inherited = "" if r["search_AP_inherited"] is None else f"{r['search_AP_inherited']:.3f}"
+        inherited = "" if r["search_AP_inherited"] is None else f"{r['search_AP_inherited']:.4f}"
         print(f"| {r['model']} | {r['params_m']:.2f} | {r['gmacs']:.3f} | {r['fps_1t']:.0f} | {r['train_min']:.1f} | "
               f"{r['AP']:.3f} | {r['AP50']:.3f} | {r['AR']:.3f} | {inherited} |")
     print("\n| arch | supernet step (ms) | derived step (ms) | supernet / derived |")

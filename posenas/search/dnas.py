@@ -90,6 +90,7 @@ class DNASConfig:
     cost_base: float = 10.0  # tau of Eq. 6 (the log base)
     latency_threads: int = 1
     latency_batch: int = 1
+    latency_cold_cache: bool = True  # cpu_latency: time each op with its caches flushed (predicts networks better)
     table_runs: int = 20  # timed runs per op when measuring a latency table
     table_cache: str = "runs/cost-tables"
     random_archs: int = 8  # random strategy: M architectures ...
@@ -214,7 +215,7 @@ def run_dnas(cfg: DNASExperimentConfig, out: str | Path, resume: bool = False, p
 
     num_joints = load_dataset(cfg.data.root, cfg.data.val_split).schema.num_joints
     header = table_header(s.cost, sc.setting, sc.head_arch(), tuple(cfg.data.input_size), num_joints,
-                          s.latency_threads, s.latency_batch)
+                          s.latency_threads, s.latency_batch, s.latency_cold_cache)
     if (out / "cost_table.json").exists():  # a resumed search keeps the table it started with
         from posenas.search.cost_table import load_cost_table
 
