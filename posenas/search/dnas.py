@@ -36,6 +36,7 @@ import json
 import math
 import os
 import random
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -53,7 +54,7 @@ from posenas.engine.train import train
 from posenas.search.darts import FirstOrderObjective
 from posenas.errors import PosenasError
 from posenas.jsonio import read_json, read_jsonl, write_json, write_text
-from posenas.search.cost_table import KINDS, cached_cost_table, save_cost_table, table_header
+from posenas.search.cost_table import KINDS, cached_cost_table, load_cost_table, save_cost_table, table_header
 from posenas.search.run import open_search_dir
 from posenas.search.supernet_checkpoint import dnas_supernet_fields
 from posenas.spaces.efficientpose import (OPS, SETTINGS, CostTable, EfficientPoseArch, EfficientPoseSupernet, HeadArch,
@@ -206,6 +207,16 @@ def plot_alpha(history: list[dict], path: Path, setting: str) -> None:
     os.replace(tmp, path)
 
 
+def _wait_for_table(path: Path, timeout_s: float = 7200.0) -> tuple[dict, CostTable]:
+    """The table rank 0 writes into the run (atomically, so an existing file is complete)."""
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise PosenasError(f"{path}: rank 0 wrote no cost table within {timeout_s:.0f} s")
+        time.sleep(0.5)
+    return load_cost_table(path)
+
+
 def run_dnas(cfg: DNASExperimentConfig, out: str | Path, resume: bool = False, progress: bool = True) -> dict:
     """The whole search (resumable): cost table, supernet training with alpha steps, derivation."""
     out = Path(out)
@@ -216,15 +227,14 @@ def run_dnas(cfg: DNASExperimentConfig, out: str | Path, resume: bool = False, p
     num_joints = load_dataset(cfg.data.root, cfg.data.val_split).schema.num_joints
     header = table_header(s.cost, sc.setting, sc.head_arch(), tuple(cfg.data.input_size), num_joints,
                           s.latency_threads, s.latency_batch, s.latency_cold_cache)
-    if (out / "cost_table.json").exists():  # a resumed search keeps the table it started with
-        from posenas.search.cost_table import load_cost_table
-
-        header, table = load_cost_table(out / "cost_table.json")
+    table_file = out / "cost_table.json"
+    if not is_main:  # under torchrun rank 0 alone measures: timings taken side by side would disturb each other
+        header, table = _wait_for_table(table_file)
+    elif table_file.exists():  # a resumed search keeps the table it started with
+        header, table = load_cost_table(table_file)
     else:
-        # every rank measures (or reads the cached) table; rank 0's copy goes into the run
-        _, table = cached_cost_table(s.table_cache, header, runs=s.table_runs, progress=progress and is_main)
-    if is_main:
-        save_cost_table(out / "cost_table.json", header, table)
+        _, table = cached_cost_table(s.table_cache, header, runs=s.table_runs, progress=progress)
+        save_cost_table(table_file, header, table)
     run = out / "supernet"
     if not (run / "results.json").exists():
         train(cfg.training(), run, resume=(run / "checkpoints" / "last.pt").exists(), progress=progress,
