@@ -41,8 +41,8 @@ def main() -> None:
     size = tuple(int(v) for v in args.input.split("x"))
     head = HeadArch()
     header = table_header("cpu_latency", args.setting, head, size, 17, threads=args.threads, batch=1,
-                          cold_cache=args.cold_cache)
-    path, table = cached_cost_table(args.cache, header, runs=args.runs, progress=True)
+                          cold_cache=args.cold_cache, runs=args.runs)
+    path, table = cached_cost_table(args.cache, header, progress=True)
     macs_table = build_cost_table(table_header("macs", args.setting, head, size, 17))
     rng = random.Random(0)
     errors, macs_errors, spread = [], [], []

@@ -42,12 +42,16 @@ from posenas.synthetic.generate import default_spec, ensure_synthetic
 
 def searched(run: Path, cfg: DNASExperimentConfig, search) -> dict:
     """Run (or resume, or read back) one search; returns its results plus its wall minutes."""
+    timing = run / "wall_seconds.json"
     if not (run / "results.json").exists() or not (run / "best_arch.json").exists():
         start = time.perf_counter()
-        search(cfg, run, resume=(run / "config.yaml").exists(), progress=True)
-        timing = run / "wall_seconds.json"
-        before = read_json(timing)["seconds"] if timing.exists() else 0.0
-        write_json(timing, {"seconds": before + time.perf_counter() - start})
+        try:
+            search(cfg, run, resume=(run / "config.yaml").exists(), progress=True)
+        finally:  # an interrupted segment's time counts too
+            before = read_json(timing)["seconds"] if timing.exists() else 0.0
+            write_json(timing, {"seconds": before + time.perf_counter() - start})
+    if not timing.exists():
+        raise SystemExit(f"{run}: finished without wall_seconds.json (made outside this benchmark?); remove it")
     return read_json(run / "results.json")
 
 

@@ -29,7 +29,9 @@ def budget_config(model: list[str], data: str, steps: int, overrides: list[str],
 
 def train_minutes(run: Path) -> float:
     """Training wall time from metrics.jsonl. Each resumed segment restarts its clock, so the
-    total is the sum of each segment's last reading (steps redone after a resume count twice)."""
+    total is the sum of each segment's last reading. A resume drops the lines after its
+    checkpoint, so the time of steps redone is counted once; a segment is recognised by its
+    clock reading going down, so one much shorter than the previous may go unnoticed."""
     total, last = 0.0, 0.0
     for record in read_jsonl(run / "metrics.jsonl"):
         if "seconds" not in record:

@@ -163,7 +163,8 @@ def main() -> None:
           f"{input_size[0]}x{input_size[1]}; every model {args.steps} steps of batch 32 from scratch "
           f"(--set {' '.join(args.set)}); val: all images, GT boxes, flip test")
     print(f"supernet: {args.supernet_steps} sandwich steps in {supernet_minutes:.1f} min (not in the train min column)")
-    print("\n| model | params (M) | GMACs | 1-thread FPS | train min | AP | AP50 | AR | AP in search (inherited, 200 val) |")
+    print(f"\n| model | params (M) | GMACs | 1-thread FPS | train min | AP | AP50 | AR | AP in search (inherited, "
+          f"{cfg.search.val_max_images or 'all'} val) |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in table:
         inherited = "" if r["search_AP_inherited"] is None else f"{r['search_AP_inherited']:.4f}"

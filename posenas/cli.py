@@ -167,6 +167,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     if not args.resume and not args.config:
         raise PosenasError("search: --config CFG.yaml is required (or --resume --out RUN)")
+    if args.resume and not args.out:
+        raise PosenasError("search --resume: --out RUN (the run directory to continue) is required")
     out = args.out or f"runs/{Path(args.config).stem}"
     space = _search_space(Path(out) / "config.yaml" if args.resume else args.config)
     differentiable = space == "efficientpose"

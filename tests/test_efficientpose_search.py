@@ -93,15 +93,15 @@ def test_cost_term_is_lambda_log_tau():
 
 
 def test_latency_table_is_measured_cached_and_validated(tmp_path, monkeypatch):
-    header = table_header("cpu_latency", "small", HeadArch(), (32, 32), 17, threads=1, batch=1)
+    header = table_header("cpu_latency", "small", HeadArch(), (32, 32), 17, threads=1, batch=1, runs=1)
     assert header["unit"] == "ms" and header["threads"] == 1 and header["runtime"] == "torch" and header["device"]
-    path, table = cached_cost_table(tmp_path, header, runs=1)
+    path, table = cached_cost_table(tmp_path, header)
     assert table.fixed > 0 and all(c["k3_e3"] > 0 for c in table.ops)
     assert all(c.get("skip", 0.0) == 0.0 for c in table.ops)
     import posenas.search.cost_table as ct
 
     monkeypatch.setattr(ct, "build_cost_table", lambda *a, **k: pytest.fail("the cached table was re-measured"))
-    assert cached_cost_table(tmp_path, header, runs=1)[1] == table
+    assert cached_cost_table(tmp_path, header)[1] == table
     data = json.loads(path.read_text())
     del data["ops"][3]["k5_e6"]
     path.write_text(json.dumps(data))

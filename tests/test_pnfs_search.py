@@ -73,7 +73,7 @@ def test_strategies_train_export_and_prune(tmp_path, data_root, strategy, capsys
         out / "arch_pruned.json").to_json()
 
 
-def test_darts_keeps_half_the_images_for_alpha_and_errors(tmp_path, data_root):
+def test_bad_search_configs_fail_cleanly(tmp_path, data_root, capsys):
     from posenas.config import from_dict
     from posenas.search.pnfs_search import PNFSExperimentConfig
 
@@ -82,6 +82,10 @@ def test_darts_keeps_half_the_images_for_alpha_and_errors(tmp_path, data_root):
     cfg = tmp_path / "s.yaml"
     cfg.write_text(json.dumps({**search_cfg(data_root), "supernet": {**search_cfg(data_root)["supernet"], "parts": 4}}))
     assert main(["search", "--config", str(cfg), "--out", str(tmp_path / "bad"), "--quiet"]) == 2
+    assert "config.supernet.parts: schema 'coco17': no body-part grouping with P=4; allowed: 1, 3, 5, 8" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()  # nothing half-written
+    assert main(["search", "--resume"]) == 2
+    assert "search --resume: --out RUN" in capsys.readouterr().err
 
 
 def test_darts_under_torchrun_keeps_alpha_identical(tmp_path, data_root):

@@ -163,3 +163,12 @@ def test_export_reproduces_the_model_and_pruning_drops_small_terms():
         bad = exported.to_json()
         bad["weights"]["subnets"][1]["beta"][0] = [0, 0, 0]
         arch_from_json(bad)
+
+
+@pytest.mark.parametrize("backbone", ["mobilenetv2", "resnet50"])
+def test_fewer_scales_build_no_unused_backbone_layers(backbone):
+    arch = pnfs_arch(COCO17, 1, backbone=backbone, scales=2, layers=1, hidden=1, channels=2, vector_dim=1)
+    model = PNFSModel(arch, 17).train()
+    model(torch.randn(2, 3, 64, 64)).sum().backward()
+    unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not unused, unused[:3]

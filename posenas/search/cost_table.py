@@ -57,7 +57,9 @@ FLUSH_BYTES = 8 << 20
 
 
 def table_header(kind: str, setting: str, head: HeadArch, input_size: tuple[int, int], num_joints: int,
-                 threads: int = 1, batch: int = 1, cold_cache: bool = False) -> dict[str, Any]:
+                 threads: int = 1, batch: int = 1, cold_cache: bool = False, runs: int = 20,
+                 warmup: int = 5) -> dict[str, Any]:
+    """Everything a table's numbers depend on (so a cached table is reused only when they all match)."""
     if kind not in KINDS:
         raise PosenasError(f"cost kind {kind!r} not allowed; allowed: {', '.join(KINDS)}")
     if kind == "gpu_latency" and not torch.cuda.is_available():
@@ -67,23 +69,25 @@ def table_header(kind: str, setting: str, head: HeadArch, input_size: tuple[int,
     if kind != "macs":
         device = torch.device("cuda" if kind == "gpu_latency" else "cpu")
         header.update(batch=batch, threads=threads, device=device_name(device), runtime="torch",
-                      runtime_version=torch.__version__)
+                      runtime_version=torch.__version__, runs=runs, warmup=warmup)
         if kind == "cpu_latency":
             header["cold_cache"] = cold_cache
+            if cold_cache:
+                header["flush_bytes"] = FLUSH_BYTES
     return header
 
 
 class _Meter:
     """The cost of one module at one input, in the header's unit."""
 
-    def __init__(self, header: dict[str, Any], runs: int, warmup: int):
-        self.kind, self.runs, self.warmup = header["kind"], runs, warmup
+    def __init__(self, header: dict[str, Any]):
+        self.kind, self.runs, self.warmup = header["kind"], header.get("runs", 20), header.get("warmup", 5)
         self.device = torch.device("cuda" if self.kind == "gpu_latency" else "cpu")
         self.batch = header.get("batch", 1)
         self.sync = (lambda: torch.cuda.synchronize(self.device)) if self.device.type == "cuda" else None
         self.flush = None
         if header.get("cold_cache"):
-            buffer = torch.zeros(FLUSH_BYTES // 4)
+            buffer = torch.zeros(header["flush_bytes"] // 4)
             self.flush = lambda: buffer.add_(1.0)
 
     def __call__(self, module: torch.nn.Module, shape: tuple[int, ...]) -> float:
@@ -95,29 +99,28 @@ class _Meter:
             return time_calls(module, x, self.warmup, self.runs, self.sync, before=self.flush)["median"]
 
 
-def build_cost_table(header: dict[str, Any], runs: int = 20, warmup: int = 5, progress: bool = False) -> CostTable:
+def build_cost_table(header: dict[str, Any], progress: bool = False) -> CostTable:
     """Measure every op at every position (and the fixed parts) as ``header`` says."""
     setting = SETTINGS[header["setting"]]
     head = HeadArch.from_json(header["head"], "header.head")
     h, w = header["input_size"]
-    meter = _Meter(header, runs, warmup)
+    meter = _Meter(header)
     previous = torch.get_num_threads()
     if "threads" in header:
         torch.set_num_threads(header["threads"])
     try:
-        torch.manual_seed(0)
-        fixed = meter(Stem(setting), (3, h, w))
-        size = (h // 2, w // 2)  # after the stem
-        positions = setting.positions
-        ops: list[dict[str, float]] = []
-        for pos in tqdm(positions, desc=f"cost table ({header['kind']})", unit="position", disable=not progress):
-            costs = {}
-            for op in pos.ops:
-                costs[op] = 0.0 if op == SKIP else meter(make_op(op, pos), (pos.in_channels, *size))
-            ops.append(costs)
-            if pos.stride == 2:
-                size = ((size[0] + 1) // 2, (size[1] + 1) // 2)
-        fixed += meter(make_head(head, setting.out_channels, header["num_joints"]), (setting.out_channels, *size))
+        with torch.random.fork_rng():  # seeded op weights and inputs, the caller's RNG untouched
+            torch.manual_seed(0)
+            fixed = meter(Stem(setting), (3, h, w))
+            size = ((h + 1) // 2, (w + 1) // 2)  # after the stride-2 stem
+            ops: list[dict[str, float]] = []
+            for pos in tqdm(setting.positions, desc=f"cost table ({header['kind']})", unit="position",
+                            disable=not progress):
+                ops.append({op: 0.0 if op == SKIP else meter(make_op(op, pos), (pos.in_channels, *size))
+                            for op in pos.ops})
+                if pos.stride == 2:
+                    size = ((size[0] + 1) // 2, (size[1] + 1) // 2)
+            fixed += meter(make_head(head, setting.out_channels, header["num_joints"]), (setting.out_channels, *size))
     finally:
         torch.set_num_threads(previous)
     return CostTable(fixed, tuple(ops))
@@ -149,7 +152,7 @@ def load_cost_table(path: str | os.PathLike) -> tuple[dict[str, Any], CostTable]
     return header, CostTable(float(data["fixed"]), tuple({k: float(v) for k, v in c.items()} for c in ops))
 
 
-def cached_cost_table(cache_dir: str | os.PathLike, header: dict[str, Any], runs: int = 20,
+def cached_cost_table(cache_dir: str | os.PathLike, header: dict[str, Any],
                       progress: bool = False) -> tuple[Path, CostTable]:
     """The table for ``header`` from ``cache_dir`` (measured and written there if absent)."""
     key = hashlib.sha1(json.dumps(header, sort_keys=True).encode()).hexdigest()[:12]
@@ -158,6 +161,6 @@ def cached_cost_table(cache_dir: str | os.PathLike, header: dict[str, Any], runs
         saved, table = load_cost_table(path)
         if saved == header:
             return path, table
-    table = build_cost_table(header, runs=runs, progress=progress)
+    table = build_cost_table(header, progress=progress)
     save_cost_table(path, header, table)
     return path, table

@@ -136,3 +136,6 @@ class FirstOrderObjective(Objective):
                 p.requires_grad_(True)
         average_gradients(self.parameters(model), world)
         return loss.detach()
+
+    def log_fields(self, model: nn.Module) -> dict[str, Any]:
+        return {"arch_loss": self.last_arch_loss}

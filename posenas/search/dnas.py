@@ -111,6 +111,8 @@ class DNASConfig:
             raise PosenasError(f"config.search.cost_base: must be > 1, got {self.cost_base}")
         if not self.arch_lr > 0:
             raise PosenasError(f"config.search.arch_lr: must be > 0, got {self.arch_lr}")
+        if self.arch_weight_decay < 0:
+            raise PosenasError(f"config.search.arch_weight_decay: must be >= 0, got {self.arch_weight_decay}")
         for name in ("latency_threads", "latency_batch", "table_runs", "random_archs", "random_steps"):
             if getattr(self, name) < 1:
                 raise PosenasError(f"config.search.{name}: must be >= 1, got {getattr(self, name)}")
@@ -173,7 +175,7 @@ class DNASObjective(FirstOrderObjective):
         with torch.no_grad():
             probs = model.probabilities()
             cost = float(model.expected_cost(self.table))
-        return {"arch_loss": self.last_arch_loss, "expected_cost": round(cost, 6),
+        return {**super().log_fields(model), "expected_cost": round(cost, 6),
                 "probs": [[round(float(v), 5) for v in row] for row in probs]}
 
 
@@ -220,20 +222,21 @@ def _wait_for_table(path: Path, timeout_s: float = 7200.0) -> tuple[dict, CostTa
 def run_dnas(cfg: DNASExperimentConfig, out: str | Path, resume: bool = False, progress: bool = True) -> dict:
     """The whole search (resumable): cost table, supernet training with alpha steps, derivation."""
     out = Path(out)
-    is_main = open_search_dir(out, cfg, resume)
     s, sc = cfg.search, cfg.supernet
     from posenas.data.layout import load_dataset
 
     num_joints = load_dataset(cfg.data.root, cfg.data.val_split).schema.num_joints
     header = table_header(s.cost, sc.setting, sc.head_arch(), tuple(cfg.data.input_size), num_joints,
-                          s.latency_threads, s.latency_batch, s.latency_cold_cache)
+                          s.latency_threads, s.latency_batch, s.latency_cold_cache,
+                          s.table_runs)  # e.g. no CUDA: fails before any file
+    is_main = open_search_dir(out, cfg, resume)
     table_file = out / "cost_table.json"
     if not is_main:  # under torchrun rank 0 alone measures: timings taken side by side would disturb each other
         header, table = _wait_for_table(table_file)
     elif table_file.exists():  # a resumed search keeps the table it started with
         header, table = load_cost_table(table_file)
     else:
-        _, table = cached_cost_table(s.table_cache, header, runs=s.table_runs, progress=progress)
+        _, table = cached_cost_table(s.table_cache, header, progress=progress)
         save_cost_table(table_file, header, table)
     run = out / "supernet"
     if not (run / "results.json").exists():
@@ -291,6 +294,9 @@ def run_random_search(cfg: DNASExperimentConfig, out: str | Path, resume: bool =
     records = []
     size = tuple(cfg.data.input_size)
     for i, arch in enumerate(archs):
+        if i in done and done[i].get("arch") != arch.to_json():
+            raise PosenasError(f"{path}: line for #{i} holds another arch than this search draws (was the config "
+                               "changed?); search into a new --out")
         if i not in done:
             run = out / "random" / f"{i:02d}"
             base = cfg.training()

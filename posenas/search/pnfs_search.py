@@ -20,7 +20,7 @@ The network is kept dense, as the paper keeps it (no argmax). Run directory::
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -69,10 +69,7 @@ class PNFSSupernetConfig:
                                   "vector_dim": self.vector_dim, "backbone_layers": self.backbone_layers}
         if self.backbone_ops:
             fields["backbone_ops"] = list(self.backbone_ops)
-        try:
-            return pnfs_arch(schema, self.parts, **fields)
-        except PosenasError as e:
-            raise PosenasError(f"config.supernet: {e}") from None
+        return pnfs_arch(schema, self.parts, "config.supernet", **fields)
 
 
 @dataclass(frozen=True)
@@ -90,6 +87,11 @@ class PNFSSearchConfig:
             raise PosenasError(f"config.search.strategy: {self.strategy!r} not allowed; allowed: {', '.join(STRATEGIES)}")
         if not 0 < self.arch_fraction < 1:
             raise PosenasError(f"config.search.arch_fraction: must be in (0, 1), got {self.arch_fraction}")
+        if not self.arch_lr > 0 or self.arch_weight_decay < 0:
+            raise PosenasError(f"config.search.arch_lr must be > 0 and arch_weight_decay >= 0, got {self.arch_lr} "
+                               f"and {self.arch_weight_decay}")
+        if self.warmup_epochs < 0:
+            raise PosenasError(f"config.search.warmup_epochs: must be >= 0, got {self.warmup_epochs}")
         if self.prune_threshold is not None and not 0 < self.prune_threshold < 1:
             raise PosenasError(f"config.search.prune_threshold: must be in (0, 1) or null, got {self.prune_threshold}")
 
@@ -145,9 +147,9 @@ class DartsObjective(FirstOrderObjective):
 def run_pnfs(cfg: PNFSExperimentConfig, out: str | Path, resume: bool = False, progress: bool = True) -> dict:
     """Train the fabrics with the chosen strategy (resumable), then export (and prune)."""
     out = Path(out)
-    is_main = open_search_dir(out, cfg, resume)
     val = load_dataset(cfg.data.root, cfg.data.val_split)
-    arch = cfg.supernet.arch(val.schema)
+    arch = cfg.supernet.arch(val.schema)  # before the run directory: a bad config leaves nothing behind
+    is_main = open_search_dir(out, cfg, resume)
     s = cfg.search
     objective = (DartsObjective(arch, s) if s.strategy == "darts"
                  else SynchronousObjective(arch, s.strategy == "random", s.seed))
@@ -161,7 +163,10 @@ def run_pnfs(cfg: PNFSExperimentConfig, out: str | Path, resume: bool = False, p
 
 
 def export_run(cfg: PNFSExperimentConfig, out: Path, val) -> dict:
-    """arch.json + model.pt from the trained run; with a threshold, the pruned pair too; scores."""
+    """arch.json + model.pt from the trained run; with a threshold, the pruned pair too; scores
+    (on the same val images as the run's validation: ``data.val_max_images``)."""
+    if cfg.data.val_max_images is not None:
+        val = replace(val, images=val.images[: cfg.data.val_max_images])
     last = out / "supernet" / "checkpoints" / "last.pt"
     ckpt = load_checkpoint(last)
     trained = model_from_checkpoint(last).model

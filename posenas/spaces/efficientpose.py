@@ -283,9 +283,6 @@ class EfficientPoseSupernet(nn.Module):
         """(positions x len(OPS)) softmax of alpha; disallowed ops get exactly 0."""
         return torch.softmax(self.alpha.masked_fill(~self.allowed, float("-inf")), dim=1)
 
-    def weight_parameters(self) -> list[nn.Parameter]:
-        return [p for name, p in self.named_parameters() if name != "alpha"]
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         probs = self.probabilities()
         x = self.stem(x)

@@ -24,7 +24,7 @@ paper's loss is "for all P part representations"; in eval mode the (N, K, h, w) 
 Architecture JSON::
 
     {"space": "pnfs", "backbone": "mobilenetv2", "backbone_layers": 0, "layers": 3, "scales": 4,
-     "hidden": 2, "channels": 10, "ops": ["zero", "skip", "sep_conv_3x3", "dil_conv_3x3"],
+     "hidden": 1, "channels": 10, "ops": ["zero", "skip", "sep_conv_3x3", "dil_conv_3x3"],
      "backbone_ops": [], "parts": [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9, 10], [11, 12, 13, 14, 15, 16]],
      "vector_dim": 8}
 
@@ -204,10 +204,13 @@ def _ops(value: Any, field: str, required: bool) -> tuple[str, ...]:
     return tuple(ops)
 
 
-def pnfs_arch(schema: KeypointSchema, parts: int, **fields: Any) -> PNFSArch:
+def pnfs_arch(schema: KeypointSchema, parts: int, where: str = "arch", **fields: Any) -> PNFSArch:
     """An arch with the paper's Table I grouping of ``parts`` parts for ``schema``."""
-    groups = [list(g.joints) for g in schema.part_groups(parts)]
-    return PNFSArch.from_json({"space": "pnfs", "parts": groups, **fields})
+    try:
+        groups = [list(g.joints) for g in schema.part_groups(parts)]
+    except PosenasError as e:
+        raise PosenasError(f"{where}.parts: {e}") from None
+    return PNFSArch.from_json({"space": "pnfs", "parts": groups, **fields}, where)
 
 
 def fabric_layout(layers: int, scales: int, inputs: Sequence[int], outputs: Sequence[int]) -> list[tuple[int, int]]:
@@ -300,23 +303,26 @@ def squash_length(v: torch.Tensor) -> torch.Tensor:
 
 
 class _Taps(nn.Module):
-    """A hand-crafted backbone as a pyramid: the features at strides 4, 8, 16, 32."""
+    """A hand-crafted backbone as a pyramid: its features at strides 4, 8, ... for ``scales``
+    levels; the layers after the last level used are not built."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, scales: int):
         super().__init__()
+        self.name = name
         if name == "resnet50":
             self.net = resnet50()
-            self.channels = list(self.net.stage_channels)
+            self.net.stages = self.net.stages[:scales]
+            self.channels = list(self.net.stage_channels[:scales])
         else:
             self.net = mobilenetv2()
             stride, last_at = 2, {}  # the last block at each stride 4, 8, 16, 32
             for i, block in enumerate(self.net.blocks):
                 stride *= block.stride
                 last_at[stride] = i
-            self.ends = [last_at[s] for s in (4, 8, 16, 32)]
+            self.ends = [last_at[4 * 2**k] for k in range(scales)]
+            self.net.blocks = self.net.blocks[: self.ends[-1] + 1]
             self.channels = [self.net.blocks[i].out_channels for i in self.ends]
             del self.net.last  # the feature blocks only (the paper's 1.3 M-parameter MobileNetV2)
-        self.name = name
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         if self.name == "resnet50":
@@ -345,7 +351,7 @@ class PNFSModel(nn.Module):
                                    None if arch.weights is None else arch.weights["backbone"])
             self.project = None
         else:
-            self.stem = _Taps(arch.backbone)
+            self.stem = _Taps(arch.backbone, s)
             self.backbone = None
             self.project = nn.ModuleList(ConvBNAct(self.stem.channels[k], scale_channels(c, k), 1) for k in range(s))
         self.subnets = nn.ModuleList(Fabric(arch.layers, s, arch.hidden, c, arch.ops, list(range(s)), [0],
@@ -369,7 +375,7 @@ class PNFSModel(nn.Module):
             for k in range(1, s):
                 sizes[k] = tuple(math.ceil(d / 2) for d in sizes[k - 1])
             return self.backbone({0: x}, sizes), sizes
-        feats = self.stem(x)[:s]
+        feats = self.stem(x)
         pyramid = {k: proj(f) for k, (proj, f) in enumerate(zip(self.project, feats))}
         return pyramid, {k: tuple(f.shape[-2:]) for k, f in pyramid.items()}
 
