@@ -105,3 +105,13 @@ class ExperimentConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+
+class TrainingSections:
+    """Mixin of the search experiment configs: they hold a run's training sections (data,
+    augment, optim, train) beside their own, and train their supernet with them."""
+
+    def training(self) -> ExperimentConfig:
+        """The training part as a training config (the model comes from the search's objective)."""
+        return ExperimentConfig(model=ModelConfig(), data=self.data, augment=self.augment, optim=self.optim,
+                                train=self.train)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from posenas.data.transforms import AugmentConfig
-from posenas.engine.config import DataConfig, ExperimentConfig, ModelConfig, OptimConfig, TrainConfig
+from posenas.engine.config import DataConfig, OptimConfig, TrainConfig, TrainingSections
 from posenas.errors import PosenasError
 from posenas.spaces.vipnas import SPACES, Choices, parse_choices
 
@@ -71,7 +71,7 @@ class SearchConfig:
 
 
 @dataclass(frozen=True)
-class SearchExperimentConfig:
+class SearchExperimentConfig(TrainingSections):
     supernet: SupernetConfig = field(default_factory=SupernetConfig)
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -79,7 +79,3 @@ class SearchExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
 
-    def training(self) -> ExperimentConfig:
-        """The supernet-training part as a training config (its model comes from the objective)."""
-        return ExperimentConfig(model=ModelConfig(), data=self.data, augment=self.augment, optim=self.optim,
-                                train=self.train)

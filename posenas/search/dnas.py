@@ -48,7 +48,7 @@ from posenas.arch import arch_from_json, save_arch_file
 from posenas.checkpoint import model_from_checkpoint
 from posenas.cost import count_macs, count_params
 from posenas.data.transforms import AugmentConfig
-from posenas.engine.config import DataConfig, ExperimentConfig, ModelConfig, OptimConfig, TrainConfig
+from posenas.engine.config import DataConfig, ModelConfig, OptimConfig, TrainConfig, TrainingSections
 from posenas.engine.predict import primary_value
 from posenas.engine.train import train
 from posenas.search.darts import FirstOrderObjective
@@ -123,7 +123,7 @@ def _paper_optim() -> OptimConfig:
 
 
 @dataclass(frozen=True)
-class DNASExperimentConfig:
+class DNASExperimentConfig(TrainingSections):
     supernet: DNASSupernetConfig = field(default_factory=DNASSupernetConfig)
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -136,9 +136,6 @@ class DNASExperimentConfig:
             raise PosenasError("config.train.init_from: not supported by the differentiable search (its supernet "
                                "starts from scratch); leave it null")
 
-    def training(self) -> ExperimentConfig:
-        return ExperimentConfig(model=ModelConfig(), data=self.data, augment=self.augment, optim=self.optim,
-                                train=self.train)
 
 
 def cost_term(cost: torch.Tensor, weight: float, base: float) -> torch.Tensor:

@@ -32,7 +32,7 @@ from posenas.checkpoint import load_checkpoint, model_from_checkpoint, save_chec
 from posenas.cost import count_macs, count_params
 from posenas.data.layout import load_dataset
 from posenas.data.transforms import AugmentConfig
-from posenas.engine.config import DataConfig, ExperimentConfig, ModelConfig, OptimConfig, TrainConfig
+from posenas.engine.config import DataConfig, OptimConfig, TrainConfig, TrainingSections
 from posenas.engine.distributed import resolve_device
 from posenas.engine.predict import evaluate_model, primary_value
 from posenas.engine.train import Objective, make_codec, train
@@ -97,7 +97,7 @@ class PNFSSearchConfig:
 
 
 @dataclass(frozen=True)
-class PNFSExperimentConfig:
+class PNFSExperimentConfig(TrainingSections):
     supernet: PNFSSupernetConfig = field(default_factory=PNFSSupernetConfig)
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -105,9 +105,6 @@ class PNFSExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     search: PNFSSearchConfig = field(default_factory=PNFSSearchConfig)
 
-    def training(self) -> ExperimentConfig:
-        return ExperimentConfig(model=ModelConfig(), data=self.data, augment=self.augment, optim=self.optim,
-                                train=self.train)
 
 
 class SynchronousObjective(Objective):
