@@ -29,11 +29,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from equal_budget import budget_config, train_and_evaluate
+from equal_budget import budget_config, interleaved_latency_ms, train_and_evaluate
 
 from posenas.arch import build_model, load_arch_file, named_arch, save_arch_file
 from posenas.config import load_config
-from posenas.cost import count_macs, count_params, measure_latency
+from posenas.cost import count_macs, count_params
 from posenas.jsonio import read_json, write_json
 from posenas.search.dnas import DNASExperimentConfig, run_dnas, run_random_search
 from posenas.spaces.efficientpose import EfficientPoseArch
@@ -133,15 +133,12 @@ def main() -> None:
     rows.append((name, minutes, stats))
 
     print("== single-thread latency (interleaved rounds)", flush=True)
-    ms: dict[str, list[float]] = {n: [] for n in models}
-    for _ in range(args.fps_rounds):
-        for n, model in models.items():
-            ms[n].append(measure_latency(model, size, threads=1, warmup=3, runs=10)["median"])
+    ms = interleaved_latency_ms(models, size, args.fps_rounds)
     table = []
     for name, minutes, stats in rows:
         model = models[name]
         table.append({"model": name, "params_m": count_params(model) / 1e6, "gmacs": count_macs(model, size)[0] / 1e9,
-                      "ms_1t": statistics.median(ms[name]), "train_min": minutes, "AP": stats["AP"],
+                      "ms_1t": ms[name], "train_min": minutes, "AP": stats["AP"],
                       "AP50": stats["AP50"], "AR": stats["AR"]})
     searches = {k: {"wall_min": read_json(out / d / "wall_seconds.json")["seconds"] / 60}
                 for k, d in (("macs", "dnas-macs"), ("cpu_latency", "dnas-cpu_latency"), ("random", "random"))}

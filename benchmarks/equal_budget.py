@@ -1,5 +1,6 @@
-"""The equal training budget of the synthetic benchmarks (shared by baselines_synthetic.py
-and vipnas_synthetic.py, so a searched model and a baseline get exactly the same recipe).
+"""The equal training budget of the synthetic benchmarks (shared by baselines_synthetic.py,
+vipnas_synthetic.py and efficientpose_synthetic.py, so a searched model and a baseline get
+exactly the same recipe), and their side-by-side latency measurement.
 
 Every model is trained with configs/baselines/tiny.yaml (128×96 input, batch 32, Adam,
 cosine schedule) for the same number of optimiser steps on the default synthetic COCO
@@ -9,9 +10,13 @@ resumes where it stopped and a finished run is only read back.
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
+from torch import nn
+
 from posenas.config import load_config
+from posenas.cost import measure_latency
 from posenas.engine.config import ExperimentConfig
 from posenas.engine.evaluate import evaluate_checkpoint
 from posenas.engine.train import train
@@ -52,3 +57,14 @@ def train_and_evaluate(cfg: ExperimentConfig, run: Path) -> tuple[dict, float]:
         _, stats, _, _ = evaluate_checkpoint(last, cfg.data.root, run / "eval", flip_test=True, progress=False)
         write_json(cached, stats, indent=2)
     return read_json(cached), train_minutes(run)
+
+
+def interleaved_latency_ms(models: dict[str, nn.Module], input_size: tuple[int, int], rounds: int,
+                           runs: int = 10) -> dict[str, float]:
+    """Batch-1, single-thread ms of each model: the models take turns each round (a noisy shared
+    machine then slows them alike), median of the round medians."""
+    medians: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(rounds):
+        for name, model in models.items():
+            medians[name].append(measure_latency(model, input_size, threads=1, warmup=3, runs=runs)["median"])
+    return {name: statistics.median(ms) for name, ms in medians.items()}

@@ -33,12 +33,12 @@ from pathlib import Path
 
 import torch
 from baselines_synthetic import MODELS
-from equal_budget import budget_config, train_and_evaluate, train_minutes
+from equal_budget import budget_config, interleaved_latency_ms, train_and_evaluate, train_minutes
 
 from posenas.arch import build_model, load_arch_file, named_arch
 from posenas.checkpoint import load_checkpoint
 from posenas.config import load_config
-from posenas.cost import count_macs, count_params, measure_latency
+from posenas.cost import count_macs, count_params
 from posenas.engine.train import heatmap_loss
 from posenas.jsonio import read_json, write_json
 from posenas.search.config import SearchExperimentConfig
@@ -80,16 +80,6 @@ def machinery_cost(supernet, archs: dict[str, ViPNASArch], input_size: tuple[int
         rows.append((name, statistics.median(times["supernet"]), statistics.median(times["derived"])))
     torch.set_num_threads(previous)
     return rows
-
-
-def fps_table(models: dict[str, torch.nn.Module], input_size: tuple[int, int], rounds: int, runs: int) -> dict[str, float]:
-    """Batch-1 frames/s, one thread: the models take turns each round (a noisy shared machine
-    then slows them alike), median of the round medians."""
-    medians: dict[str, list[float]] = {name: [] for name in models}
-    for _ in range(rounds):
-        for name, model in models.items():
-            medians[name].append(measure_latency(model, input_size, threads=1, warmup=3, runs=runs)["median"])
-    return {name: 1000 / statistics.median(ms) for name, ms in medians.items()}
 
 
 def main() -> None:
@@ -143,7 +133,8 @@ def main() -> None:
         rows.append((name, minutes, stats, None))
 
     print("== single-thread FPS (interleaved rounds)", flush=True)
-    fps = fps_table(models, input_size, args.fps_rounds, args.fps_runs)
+    fps = {name: 1000 / ms for name, ms in interleaved_latency_ms(models, input_size, args.fps_rounds,
+                                                                   args.fps_runs).items()}
     supernet = supernet_from_checkpoint(load_checkpoint(checkpoint), checkpoint)
     print("== supernet vs derived training step", flush=True)
     machinery = machinery_cost(supernet, archs, input_size, rounds=5)

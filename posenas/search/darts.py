@@ -13,6 +13,7 @@ batches are a function of (seed, step, rank), so a resumed run repeats them exac
 from __future__ import annotations
 
 import random
+from abc import ABC, abstractmethod
 from dataclasses import replace
 from typing import Any
 
@@ -42,7 +43,7 @@ def split_images(dataset: PoseDataset, fraction: float, seed: int) -> tuple[Pose
             replace(dataset, images=[dataset.images[i] for i in arch]))
 
 
-class FirstOrderObjective(Objective):
+class FirstOrderObjective(Objective, ABC):
     """Alternating architecture / weight steps. Subclasses build the model and say which of
     its parameters are architecture parameters (:meth:`arch_parameters`), and may add a
     term to the architecture loss (:meth:`arch_penalty`)."""
@@ -58,8 +59,9 @@ class FirstOrderObjective(Objective):
         self.last_arch_loss: float | None = None
 
     # --- what subclasses provide
+    @abstractmethod
     def arch_parameters(self, model: nn.Module) -> list[nn.Parameter]:
-        raise NotImplementedError
+        """The model's architecture parameters (updated by the architecture steps only)."""
 
     def arch_penalty(self, model: nn.Module) -> torch.Tensor | float:
         return 0.0

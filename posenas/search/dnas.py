@@ -45,8 +45,9 @@ import torch
 from torch import nn
 
 from posenas.arch import arch_from_json, save_arch_file
-from posenas.checkpoint import model_from_checkpoint
+from posenas.checkpoint import load_checkpoint, model_from_checkpoint
 from posenas.cost import count_macs, count_params
+from posenas.data.layout import load_dataset
 from posenas.data.transforms import AugmentConfig
 from posenas.engine.config import DataConfig, ModelConfig, OptimConfig, TrainConfig, TrainingSections
 from posenas.engine.predict import primary_value
@@ -56,7 +57,7 @@ from posenas.errors import PosenasError
 from posenas.jsonio import read_json, read_jsonl, write_json, write_text
 from posenas.search.cost_table import KINDS, cached_cost_table, load_cost_table, save_cost_table, table_header
 from posenas.search.run import open_search_dir
-from posenas.search.supernet_checkpoint import dnas_supernet_fields
+from posenas.search.supernet_checkpoint import dnas_supernet_fields, supernet_from_checkpoint
 from posenas.spaces.efficientpose import (OPS, SETTINGS, CostTable, EfficientPoseArch, EfficientPoseSupernet, HeadArch,
                                           derive)
 
@@ -220,8 +221,6 @@ def run_dnas(cfg: DNASExperimentConfig, out: str | Path, resume: bool = False, p
     """The whole search (resumable): cost table, supernet training with alpha steps, derivation."""
     out = Path(out)
     s, sc = cfg.search, cfg.supernet
-    from posenas.data.layout import load_dataset
-
     num_joints = load_dataset(cfg.data.root, cfg.data.val_split).schema.num_joints
     header = table_header(s.cost, sc.setting, sc.head_arch(), tuple(cfg.data.input_size), num_joints,
                           s.latency_threads, s.latency_batch, s.latency_cold_cache,
@@ -246,9 +245,6 @@ def run_dnas(cfg: DNASExperimentConfig, out: str | Path, resume: bool = False, p
 
 def finish_dnas(out: Path, table: CostTable, header: dict, num_joints: int) -> dict:
     """Derive the argmax arch from the last checkpoint; write alpha history, plot, results."""
-    from posenas.checkpoint import load_checkpoint
-    from posenas.search.supernet_checkpoint import supernet_from_checkpoint
-
     last = out / "supernet" / "checkpoints" / "last.pt"
     supernet = supernet_from_checkpoint(load_checkpoint(last), last)
     arch = supernet.argmax_arch()

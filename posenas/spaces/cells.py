@@ -127,9 +127,9 @@ class ScaleInput(nn.Module):
         super().__init__()
         if not (has_finer or has_same or has_coarser):
             raise ValueError("a cell needs at least one input")
-        self.has = (has_finer, has_same, has_coarser)
-        fallback = next(k for k in (1, 0, 2) if self.has[k])
-        self.source = tuple(k if self.has[k] else fallback for k in range(3))
+        has = (has_finer, has_same, has_coarser)
+        fallback = next(k for k in (1, 0, 2) if has[k])
+        self.source = tuple(k if has[k] else fallback for k in range(3))  # which input fills each beta slot
         used = {self.source[k] for k in (range(3) if keep is None else keep)}
         self.down = ConvBNAct(channels // 2, channels, 3, 2) if 0 in used else None
         self.up = nn.Conv2d(channels * 2, channels, 1, bias=False) if 2 in used else None
