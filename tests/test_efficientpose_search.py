@@ -207,3 +207,23 @@ def test_random_search_baseline_trains_scores_and_resumes(tmp_path, data_root, c
     (out / "candidates.jsonl").write_text("\n".join(marked) + "\n")
     assert main(["search", "--resume", "--out", str(out), "--quiet"]) == 0
     assert all(r["marker"] for r in read_jsonl(out / "candidates.jsonl"))
+
+
+def test_fractional_warmup_starts_alpha_steps_mid_epoch(tmp_path, data_root):
+    cfg = tmp_path / "s.yaml"
+    one_epoch = search_cfg(data_root, warmup_epochs=0.5, table_cache=str(tmp_path / "tables"))
+    one_epoch["train"]["epochs"] = 1
+    cfg.write_text(json.dumps(one_epoch))
+    out = tmp_path / "run"
+    assert main(["search", "--config", str(cfg), "--out", str(out), "--quiet"]) == 0
+    history = read_jsonl(out / "alpha_history.jsonl")  # 4 steps an epoch: 2 weight-only steps, then alpha steps
+    assert history[0]["probs"] == history[1]["probs"] != history[2]["probs"]
+
+
+def test_warmup_longer_than_the_run_is_a_clear_error(tmp_path, data_root, capsys):
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text(json.dumps(search_cfg(data_root, warmup_epochs=3, table_cache=str(tmp_path / "tables"))))
+    assert main(["search", "--config", str(cfg), "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "config.search.warmup_epochs: 3.0 weight-only epochs are 12 steps" in err
+    assert "no architecture step would be taken" in err and len(err.strip().splitlines()) == 1

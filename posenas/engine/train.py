@@ -211,6 +211,12 @@ class _Metrics:
                 f.write(json.dumps(record) + "\n")
 
 
+def run_length(cfg: ExperimentConfig, steps_per_epoch: int) -> int:
+    """Optimiser steps of the whole run: ``train.epochs`` epochs, capped by ``train.max_steps``."""
+    total = cfg.train.epochs * steps_per_epoch
+    return total if cfg.train.max_steps is None else min(total, cfg.train.max_steps)
+
+
 def _layout(world: World, cfg: ExperimentConfig, steps_per_epoch: int) -> dict[str, int]:
     """What ``step`` means: a resumed run must have the same (else the sample order changes)."""
     return {"world_size": world.size, "batch_size": cfg.data.batch_size, "steps_per_epoch": steps_per_epoch}
@@ -320,9 +326,7 @@ def _train(cfg, run_dir, last, resume, progress, stop_at_step, world: World, sto
             f"per process; lower config.data.batch_size"
         )
     layout = _layout(world, cfg, steps_per_epoch)
-    total_steps = cfg.train.epochs * steps_per_epoch
-    if cfg.train.max_steps is not None:
-        total_steps = min(total_steps, cfg.train.max_steps)
+    total_steps = run_length(cfg, steps_per_epoch)
     objective.prepare(model, codec, cfg, world, steps_per_epoch)
     optimizer = make_optimizer(objective.parameters(model), cfg.optim)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.optim, steps_per_epoch, total_steps))

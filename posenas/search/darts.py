@@ -25,7 +25,7 @@ from posenas.data.records import PoseDataset
 from posenas.data.topdown import TopDownDataset
 from posenas.engine.config import ExperimentConfig
 from posenas.engine.distributed import World, average_gradients
-from posenas.engine.train import Objective, model_loss
+from posenas.engine.train import Objective, model_loss, run_length
 from posenas.errors import PosenasError
 
 
@@ -50,7 +50,7 @@ class FirstOrderObjective(Objective, ABC):
 
     ddp = False
 
-    def __init__(self, arch_fraction: float, warmup_epochs: int, arch_lr: float, arch_weight_decay: float,
+    def __init__(self, arch_fraction: float, warmup_epochs: float, arch_lr: float, arch_weight_decay: float,
                  seed: int, betas: tuple[float, float] = (0.5, 0.999)):
         super().__init__(None)
         self.arch_fraction, self.warmup_epochs, self.seed = arch_fraction, warmup_epochs, seed
@@ -78,7 +78,13 @@ class FirstOrderObjective(Objective, ABC):
         if len(self.arch_data) == 0:
             raise PosenasError(f"{self.arch_set.source}: the architecture split holds no labelled person")
         self.batch_size = cfg.data.batch_size
-        self.arch_start = self.warmup_epochs * steps_per_epoch
+        self.arch_start = round(self.warmup_epochs * steps_per_epoch)
+        total = run_length(cfg, steps_per_epoch)
+        if self.arch_start >= total:  # the search would silently return its initial (uniform) architecture
+            raise PosenasError(
+                f"config.search.warmup_epochs: {self.warmup_epochs} weight-only epochs are {self.arch_start} steps "
+                f"here ({steps_per_epoch} per epoch) but the run has {total}, so no architecture step would be "
+                f"taken; lower it (fractions of an epoch are allowed)")
         self.arch_opt = torch.optim.Adam(self.arch_parameters(model), lr=self.arch_lr, betas=self.betas,
                                          weight_decay=self.arch_weight_decay)
 

@@ -84,7 +84,7 @@ class DNASSupernetConfig:
 class DNASConfig:
     strategy: str = "dnas"  # dnas | random (the paper's baseline: M sampled archs, short training each)
     arch_fraction: float = 0.2  # share of the training images held out for the alpha steps
-    warmup_epochs: int = 1  # weight-only epochs before alpha steps start
+    warmup_epochs: float = 1.0  # weight-only epochs before alpha steps start (fractions allowed)
     arch_lr: float = 3e-4
     arch_weight_decay: float = 0.0
     cost: str = "macs"  # macs | cpu_latency | gpu_latency

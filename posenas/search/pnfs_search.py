@@ -78,7 +78,7 @@ class PNFSSearchConfig:
     arch_fraction: float = 0.5  # darts: held-out share of the training images
     arch_lr: float = 3e-3  # darts
     arch_weight_decay: float = 1e-3  # darts
-    warmup_epochs: int = 0  # darts: weight-only epochs first
+    warmup_epochs: float = 0.0  # darts: weight-only epochs first (fractions allowed)
     prune_threshold: float | None = None
     seed: int = 0
 
