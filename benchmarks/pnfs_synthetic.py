@@ -2,7 +2,7 @@
 SimpleBaseline of similar MACs beside them.
 
 Run: .venv/bin/python benchmarks/pnfs_synthetic.py [--steps 300] [--random-seeds 3] [--datasets mpii,coco]
-     [--tables II,III,VI] [--config configs/pnfs/tiny-coco.yaml] [--out runs/bench-pnfs]
+     [--tables II,III,VI] [--config configs/pnfs/tiny-coco.yaml] [--out runs/bench-pnfs] [--set KEY=VALUE ...]
 
 Every PNFS run is the config's model (MobileNetV2 feature blocks, part fabrics of 3 layers x
 4 scales, H=1, C=4, ops zero / skip / sep 3x3 / dil 3x3) trained for --steps optimiser steps
@@ -77,13 +77,13 @@ def scores(metric: str, result: dict) -> dict[str, float]:
     return {"AP": result["AP"], "AR": result["AR"]}
 
 
-def run_variant(v: Variant, config: str, data: str, steps: int, out: Path) -> dict:
+def run_variant(v: Variant, config: str, data: str, steps: int, out: Path, overrides: list[str]) -> dict:
     """Train (or resume, or read back) one PNFS run; its row."""
     run = out / v.name
     cfg = load_config(PNFSExperimentConfig, config, [
         f"data.root={data}", "train.epochs=1000", f"train.max_steps={steps}", "train.val_every=0",
         f"supernet.parts={v.parts}", f"supernet.vector_dim={v.vector_dim}", f"search.strategy={v.strategy}",
-        f"search.seed={v.seed}"])
+        f"search.seed={v.seed}", *overrides])
     if not (run / "results.json").exists():
         print(f"== {run}", flush=True)
         run_pnfs(cfg, run, resume=(run / "config.yaml").exists(), progress=True)
@@ -98,8 +98,8 @@ def run_variant(v: Variant, config: str, data: str, steps: int, out: Path) -> di
     return row
 
 
-def baseline_row(data: str, steps: int, out: Path) -> dict:
-    cfg = budget_config([f"model.name={BASELINE}"], data, steps, ["optim.lr=0.001"])
+def baseline_row(data: str, steps: int, out: Path, overrides: list[str]) -> dict:
+    cfg = budget_config([f"model.name={BASELINE}"], data, steps, ["optim.lr=0.001", *overrides])
     print(f"== {BASELINE} on {data}", flush=True)
     stats, minutes = train_and_evaluate(cfg, out / f"{BASELINE}-{steps}")
     val = load_dataset(data, "val")
@@ -130,6 +130,8 @@ def main() -> None:
     ap.add_argument("--datasets", default="mpii,coco")
     ap.add_argument("--tables", default="II,III,VI")
     ap.add_argument("--out", default="runs/bench-pnfs")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="overrides for every run, PNFS and baseline (e.g. train.threads=1)")
     args = ap.parse_args()
     tables = variants(args.tables.split(","), args.random_seeds)
     summary: dict = {"steps": args.steps, "config": args.config, "datasets": {}}
@@ -141,8 +143,8 @@ def main() -> None:
         for table in tables.values():
             for v in table:
                 if v.name not in rows:
-                    rows[v.name] = run_variant(v, args.config, data, args.steps, out)
-        rows[BASELINE] = baseline_row(data, args.steps, out)
+                    rows[v.name] = run_variant(v, args.config, data, args.steps, out, args.set)
+        rows[BASELINE] = baseline_row(data, args.steps, out, args.set)
         summary["datasets"][fmt_name] = {"rows": rows, "tables": {t: [v.name for v in vs] for t, vs in tables.items()}}
         write_json(Path(args.out) / "summary.json", summary, indent=2)
 

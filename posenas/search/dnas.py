@@ -88,7 +88,7 @@ class DNASConfig:
     arch_lr: float = 3e-4
     arch_weight_decay: float = 0.0
     cost: str = "macs"  # macs | cpu_latency | gpu_latency
-    cost_weight: float = 0.1  # lambda of Eq. 6
+    cost_weight: float = 0.02  # lambda of Eq. 6 (with our per-pixel-mean MSE; see configs/efficientpose)
     cost_base: float = 10.0  # tau of Eq. 6 (the log base)
     latency_threads: int = 1
     latency_batch: int = 1
