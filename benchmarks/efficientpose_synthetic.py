@@ -10,8 +10,8 @@ Phases, each resumable (finished ones are read back):
 1. DNAS with the MACs table and DNAS with the CPU-latency table (this machine, 1 thread),
    each --search-steps steps of the config's recipe; the wall time of the faster of the two
    (they do the same work) is the budget of
-2. the random-search baseline: --random-archs architectures, each trained for as many
-   steps as fit that budget at the measured speed of a single-arch step;
+2. the random-search baseline: --random-archs architectures, each trained for the same number
+   of steps, so many that together they fit that budget at each draw's measured step time;
 3. every resulting arch (and the MACs arch without SIC) retrained from scratch with the
    baselines' recipe (equal_budget.py, --steps steps), evaluated on all val images with the
    flip test; SimpleBaseline-MobileNetV2 from the same recipe (its capacity-table run is reused);
@@ -35,7 +35,7 @@ from posenas.arch import build_model, load_arch_file, named_arch, save_arch_file
 from posenas.config import load_config
 from posenas.cost import count_macs, count_params
 from posenas.jsonio import read_json, write_json
-from posenas.search.dnas import DNASExperimentConfig, run_dnas, run_random_search
+from posenas.search.dnas import DNASExperimentConfig, random_search_archs, run_dnas, run_random_search
 from posenas.spaces.efficientpose import EfficientPoseArch
 from posenas.synthetic.generate import default_spec, ensure_synthetic
 
@@ -102,15 +102,15 @@ def main() -> None:
     steps_file = out / "random_steps.json"
     if args.random_steps and not steps_file.exists():
         write_json(steps_file, {"steps": args.random_steps, "step_seconds": None})
+    rcfg = replace(cfg, search=replace(cfg.search, strategy="random", random_archs=args.random_archs))
     if not steps_file.exists():  # fixed once, so a resumed benchmark keeps the same random-search budget
-        per_step = single_arch_step_seconds(load_arch_file(out / "dnas-macs" / "best_arch.json"), size,
-                                            cfg.data.batch_size)
-        write_json(steps_file, {"steps": max(1, int(budget_s / per_step / args.random_archs)), "step_seconds": per_step})
+        # every draw trains the same number of steps; together they take the DNAS budget
+        per_step = [single_arch_step_seconds(arch, size, cfg.data.batch_size) for arch in random_search_archs(rcfg)]
+        write_json(steps_file, {"steps": max(1, int(budget_s / sum(per_step))), "step_seconds": per_step})
     random_steps = read_json(steps_file)["steps"]
     print(f"== random search: {args.random_archs} archs x {random_steps} steps (DNAS budget {budget_s / 60:.1f} min)",
           flush=True)
-    rcfg = replace(cfg, search=replace(cfg.search, strategy="random", random_archs=args.random_archs,
-                                       random_steps=random_steps))
+    rcfg = replace(rcfg, search=replace(rcfg.search, random_steps=random_steps))
     runs["random"] = searched(out / "random", rcfg, run_random_search)
 
     archs = {"DNAS (MACs table)": load_arch_file(out / "dnas-macs" / "best_arch.json"),

@@ -270,6 +270,12 @@ def sample_arch(setting: str, head: HeadArch, rng: random.Random) -> EfficientPo
     return EfficientPoseArch(setting, tuple(rng.choice(p.ops) for p in SETTINGS[setting].positions), head)
 
 
+def random_search_archs(cfg: DNASExperimentConfig) -> list[EfficientPoseArch]:
+    """The ``random_archs`` architectures the random search draws (seeded by ``search.seed``)."""
+    rng = random.Random(f"efficientpose-random:{cfg.search.seed}")
+    return [sample_arch(cfg.supernet.setting, cfg.supernet.head_arch(), rng) for _ in range(cfg.search.random_archs)]
+
+
 def run_random_search(cfg: DNASExperimentConfig, out: str | Path, resume: bool = False, progress: bool = True) -> dict:
     """The paper's random-search baseline (resumable): ``random_archs`` architectures drawn
     uniformly (seeded), each trained from scratch for ``random_steps`` steps with the run's
@@ -279,9 +285,8 @@ def run_random_search(cfg: DNASExperimentConfig, out: str | Path, resume: bool =
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise PosenasError("the random-search baseline runs in one process; start it without torchrun")
     open_search_dir(out, cfg, resume)
-    s, sc = cfg.search, cfg.supernet
-    rng = random.Random(f"efficientpose-random:{s.seed}")
-    archs = [sample_arch(sc.setting, sc.head_arch(), rng) for _ in range(s.random_archs)]
+    s = cfg.search
+    archs = random_search_archs(cfg)
     path = out / "candidates.jsonl"
     done = {r["index"]: r for r in read_jsonl(path)} if path.exists() else {}
     records = []
