@@ -78,4 +78,3 @@ class SearchExperimentConfig(TrainingSections):
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
-

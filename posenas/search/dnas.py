@@ -138,7 +138,6 @@ class DNASExperimentConfig(TrainingSections):
                                "starts from scratch); leave it null")
 
 
-
 def cost_term(cost: torch.Tensor, weight: float, base: float) -> torch.Tensor:
     """lambda * log_tau(cost) of Eq. 6."""
     return weight * torch.log(cost) / math.log(base)

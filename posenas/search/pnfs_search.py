@@ -106,7 +106,6 @@ class PNFSExperimentConfig(TrainingSections):
     search: PNFSSearchConfig = field(default_factory=PNFSSearchConfig)
 
 
-
 class SynchronousObjective(Objective):
     """``synchronous`` (alpha, beta trained with the weights) or ``random`` (drawn, frozen)."""
 
