@@ -134,7 +134,12 @@ def main() -> None:
                     help="overrides for every run, PNFS and baseline (e.g. train.threads=1)")
     args = ap.parse_args()
     tables = variants(args.tables.split(","), args.random_seeds)
+    summary_path = Path(args.out) / "summary.json"
     summary: dict = {"steps": args.steps, "config": args.config, "datasets": {}}
+    if summary_path.exists():  # keep the other datasets' rows from an earlier invocation
+        earlier = read_json(summary_path)
+        if (earlier.get("steps"), earlier.get("config")) == (args.steps, args.config):
+            summary["datasets"] = earlier.get("datasets", {})
     for fmt_name in args.datasets.split(","):
         data = f"data/synthetic/{fmt_name}"
         ensure_synthetic(data, default_spec(fmt_name), progress=False)
@@ -146,7 +151,7 @@ def main() -> None:
                     rows[v.name] = run_variant(v, args.config, data, args.steps, out, args.set)
         rows[BASELINE] = baseline_row(data, args.steps, out, args.set)
         summary["datasets"][fmt_name] = {"rows": rows, "tables": {t: [v.name for v in vs] for t, vs in tables.items()}}
-        write_json(Path(args.out) / "summary.json", summary, indent=2)
+        write_json(summary_path, summary, indent=2)
 
     print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; {args.steps} steps "
           f"of batch 32 at 128x96 each; val: all images, GT boxes, flip test")
@@ -161,8 +166,8 @@ def main() -> None:
                 print(fmt(rows[name], keys))
             if table == "II" and sum(n.startswith("random") for n in names) > 1:
                 vals = [rows[n][keys[0]] for n in names if n.startswith("random")]
-                print(f"\nrandom: {keys[0]} {statistics.mean(vals):.3f} ± {statistics.stdev(vals):.3f} "
-                      f"over {len(vals)} seeds")
+                print(f"\nrandom: {keys[0]} {number(keys[0], statistics.mean(vals))} ± "
+                      f"{number(keys[0], statistics.stdev(vals))} over {len(vals)} seeds")
         print(f"\nbeside them ({fmt_name}):\n")
         print(fmt(rows[BASELINE], keys))
 
