@@ -2,7 +2,7 @@
 SimpleBaseline of similar MACs beside them.
 
 Run: .venv/bin/python benchmarks/pnfs_synthetic.py [--steps 300] [--random-seeds 3] [--datasets mpii,coco]
-     [--tables II,III,VI] [--config configs/pnfs/tiny-coco.yaml] [--out runs/bench-pnfs] [--set KEY=VALUE ...]
+     [--tables II,III,VI,noise] [--noise-seeds 3] [--config configs/pnfs/tiny-coco.yaml] [--out runs/bench-pnfs] [--set KEY=VALUE ...]
 
 Every PNFS run is the config's model (MobileNetV2 feature blocks, part fabrics of 3 layers x
 4 scales, H=1, C=4, ops zero / skip / sep 3x3 / dil 3x3) trained for --steps optimiser steps
@@ -16,6 +16,8 @@ the flip test: PCKh@0.5 / PCKh@0.1 means on MPII-style data, AP / AR on COCO-sty
   minutes are reported beside (DARTS does two passes per step).
 - Table III (body parts, synchronous, d=8): P = 1, 3, 5, 8.
 - Table VI (vector in pixel, synchronous, P=3): d = 1 (scalar heatmap), 4, 8, 16.
+- noise (on request): synchronous P=3, d=8 with --noise-seeds train seeds (weight init, data
+  order, augmentation), the spread a difference in the tables above must beat to mean anything.
 - SimpleBaseline-small (0.088 GMACs, the PNFS models' 0.08-0.15) with the recipe of
   equal_budget.py for the same steps.
 
@@ -53,13 +55,15 @@ class Variant:
     parts: int = 3
     vector_dim: int = 8
     seed: int = 0
+    train_seed: int = 0
 
     @property
     def name(self) -> str:
-        return f"{self.strategy}-P{self.parts}-d{self.vector_dim}-s{self.seed}"
+        name = f"{self.strategy}-P{self.parts}-d{self.vector_dim}-s{self.seed}"
+        return f"{name}-t{self.train_seed}" if self.train_seed else name
 
 
-def variants(tables: list[str], random_seeds: int) -> dict[str, list[Variant]]:
+def variants(tables: list[str], random_seeds: int, noise_seeds: int) -> dict[str, list[Variant]]:
     """The runs of each table (the same Variant in two tables is one run)."""
     out: dict[str, list[Variant]] = {}
     if "II" in tables:
@@ -68,6 +72,8 @@ def variants(tables: list[str], random_seeds: int) -> dict[str, list[Variant]]:
         out["III"] = [Variant(parts=p) for p in (1, 3, 5, 8)]
     if "VI" in tables:
         out["VI"] = [Variant(vector_dim=d) for d in (1, 4, 8, 16)]
+    if "noise" in tables:  # the same run with other weight-init / data-order seeds
+        out["noise"] = [Variant(train_seed=t) for t in range(noise_seeds)]
     return out
 
 
@@ -83,7 +89,7 @@ def run_variant(v: Variant, config: str, data: str, steps: int, out: Path, overr
     cfg = load_config(PNFSExperimentConfig, config, [
         f"data.root={data}", "train.epochs=1000", f"train.max_steps={steps}", "train.val_every=0",
         f"supernet.parts={v.parts}", f"supernet.vector_dim={v.vector_dim}", f"search.strategy={v.strategy}",
-        f"search.seed={v.seed}", *overrides])
+        f"search.seed={v.seed}", f"train.seed={v.train_seed}", *overrides])
     if not (run / "results.json").exists():
         print(f"== {run}", flush=True)
         run_pnfs(cfg, run, resume=(run / "config.yaml").exists(), progress=True)
@@ -128,12 +134,14 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--random-seeds", type=int, default=3)
     ap.add_argument("--datasets", default="mpii,coco")
-    ap.add_argument("--tables", default="II,III,VI")
+    ap.add_argument("--tables", default="II,III,VI",
+                    help="any of II, III, VI and noise (synchronous P=3 d=8 with --noise-seeds train seeds)")
+    ap.add_argument("--noise-seeds", type=int, default=3)
     ap.add_argument("--out", default="runs/bench-pnfs")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="overrides for every run, PNFS and baseline (e.g. train.threads=1)")
     args = ap.parse_args()
-    tables = variants(args.tables.split(","), args.random_seeds)
+    tables = variants(args.tables.split(","), args.random_seeds, args.noise_seeds)
     summary_path = Path(args.out) / "summary.json"
     summary: dict = {"steps": args.steps, "config": args.config, "datasets": {}}
     if summary_path.exists():  # keep the other datasets' rows from an earlier invocation
@@ -164,10 +172,13 @@ def main() -> None:
             print("|---|---:|---:|---:|" + "---:|" * len(keys) + "---|")
             for name in names:
                 print(fmt(rows[name], keys))
-            if table == "II" and sum(n.startswith("random") for n in names) > 1:
-                vals = [rows[n][keys[0]] for n in names if n.startswith("random")]
-                print(f"\nrandom: {keys[0]} {number(keys[0], statistics.mean(vals))} ± "
-                      f"{number(keys[0], statistics.stdev(vals))} over {len(vals)} seeds")
+            spread = {"II": [n for n in names if n.startswith("random")], "noise": names}.get(table, [])
+            if len(spread) > 1:
+                for key in keys:
+                    vals = [rows[n][key] for n in spread]
+                    print(f"\n{'random' if table == 'II' else 'train seeds'}: {key} "
+                          f"{number(key, statistics.mean(vals))} ± {number(key, statistics.stdev(vals))} "
+                          f"over {len(vals)} seeds")
         print(f"\nbeside them ({fmt_name}):\n")
         print(fmt(rows[BASELINE], keys))
 
