@@ -141,6 +141,9 @@ def main() -> None:
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="overrides for every run, PNFS and baseline (e.g. train.threads=1)")
     args = ap.parse_args()
+    unknown = set(args.tables.split(",")) - {"II", "III", "VI", "noise"}
+    if unknown:
+        ap.error(f"--tables: unknown table(s) {', '.join(sorted(unknown))}; choose from II, III, VI, noise")
     tables = variants(args.tables.split(","), args.random_seeds, args.noise_seeds)
     summary_path = Path(args.out) / "summary.json"
     summary: dict = {"steps": args.steps, "config": args.config, "datasets": {}}
