@@ -81,7 +81,8 @@ def variants(tables: list[str], random_seeds: int, noise_seeds: int) -> dict[str
 def scores(metric: str, result: dict) -> dict[str, float]:
     if metric == "pckh":
         return {"PCKh@0.5": result["PCKh@0.5"]["mean"], "PCKh@0.1": result["PCKh@0.1"]["mean"]}
-    return {"AP": result["AP"], "AR": result["AR"]}
+    # AP50 beside AP: near the floor of AP (short runs) it is the column with resolution.
+    return {"AP": result["AP"], "AP50": result["AP50"], "AR": result["AR"]}
 
 
 def run_variant(v: Variant, config: str, data: str, steps: int, out: Path, overrides: list[str]) -> dict:
@@ -118,7 +119,7 @@ def baseline_row(data: str, steps: int, out: Path, overrides: list[str]) -> dict
 
 def number(key: str, value: float) -> str:
     """AP / AR are fractions, PCKh is in percent."""
-    return f"{value:.3f}" if key in ("AP", "AR") else f"{value:.1f}"
+    return f"{value:.3f}" if key.startswith(("AP", "AR")) else f"{value:.1f}"
 
 
 def fmt(row: dict, keys: list[str]) -> str:
@@ -169,7 +170,7 @@ def main() -> None:
     print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; {args.steps} steps "
           f"of batch 32 at 128x96 each; val: all images, GT boxes, flip test")
     for fmt_name, d in summary["datasets"].items():
-        keys = ["PCKh@0.5", "PCKh@0.1"] if fmt_name == "mpii" else ["AP", "AR"]
+        keys = ["PCKh@0.5", "PCKh@0.1"] if fmt_name == "mpii" else ["AP", "AP50", "AR"]
         rows = d["rows"]
         for table, names in d["tables"].items():
             print(f"\n### Table {table} ({fmt_name})\n")
