@@ -8,7 +8,7 @@ Every PNFS run is the config's model (MobileNetV2 feature blocks, part fabrics o
 4 scales, H=1, C=4, ops zero / skip / sep 3x3 / dil 3x3) trained for --steps optimiser steps
 of batch 32 at 128x96 (Adam lr 1e-3, cosine) on the default synthetic data of each format,
 exported dense (and pruned at the config's threshold), and scored on all val images with
-the flip test: PCKh@0.5 / PCKh@0.1 means on MPII-style data, AP / AR on COCO-style data.
+the flip test: PCKh@0.5 / PCKh@0.1 means on MPII-style data, AP / AP50 / AR on COCO-style data.
 
 - Table II (search strategy, P=3, d=8): random (alpha, beta drawn from N(0, 1) with
   --random-seeds seeds, mean and std as the paper reports), first-order DARTS (an alpha /
