@@ -85,6 +85,11 @@ def scores(metric: str, result: dict) -> dict[str, float]:
     return {"AP": result["AP"], "AP50": result["AP50"], "AR": result["AR"]}
 
 
+def score_keys(row: dict) -> list[str]:
+    """The score columns of a row, in the order scores() gave them (the rest is size and time)."""
+    return [k for k in row if k not in ("run", "params_m", "gmacs", "train_min", "pruned")]
+
+
 def run_variant(v: Variant, config: str, data: str, steps: int, out: Path, overrides: list[str]) -> dict:
     """Train (or resume, or read back) one PNFS run; its row."""
     run = out / v.name
@@ -170,8 +175,8 @@ def main() -> None:
     print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; {args.steps} steps "
           f"of batch 32 at 128x96 each; val: all images, GT boxes, flip test")
     for fmt_name, d in summary["datasets"].items():
-        keys = ["PCKh@0.5", "PCKh@0.1"] if fmt_name == "mpii" else ["AP", "AP50", "AR"]
         rows = d["rows"]
+        keys = score_keys(rows[BASELINE])
         for table, names in d["tables"].items():
             print(f"\n### Table {table} ({fmt_name})\n")
             print(f"| run | params (M) | GMACs | train min | {' | '.join(keys)} | pruned: params / GMACs / {keys[0]} |")
