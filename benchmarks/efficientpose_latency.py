@@ -23,7 +23,7 @@ import torch
 
 from posenas.cost import count_macs, measure_latency
 from posenas.search.cost_table import build_cost_table, cached_cost_table, table_header
-from posenas.search.dnas import sample_arch
+from posenas.search.efficientpose import sample_arch
 from posenas.spaces.efficientpose import HeadArch, derive
 
 

@@ -35,7 +35,7 @@ from posenas.arch import build_model, load_arch_file, named_arch, save_arch_file
 from posenas.config import load_config
 from posenas.cost import count_macs, count_params
 from posenas.jsonio import read_json, write_json
-from posenas.search.dnas import DNASExperimentConfig, random_search_archs, run_dnas, run_random_search
+from posenas.search.efficientpose import DNASExperimentConfig, random_search_archs, run_dnas, run_random_search
 from posenas.spaces.efficientpose import EfficientPoseArch
 from posenas.synthetic.generate import default_spec, ensure_synthetic
 

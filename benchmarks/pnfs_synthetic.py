@@ -43,7 +43,7 @@ from posenas.cost import count_macs, count_params
 from posenas.data.layout import load_dataset
 from posenas.evaluation import default_metric
 from posenas.jsonio import read_json, write_json
-from posenas.search.pnfs_search import PNFSExperimentConfig, run_pnfs
+from posenas.search.pnfs import PNFSExperimentConfig, run_pnfs
 from posenas.synthetic.generate import default_spec, ensure_synthetic
 
 BASELINE = "simplebaseline-small"

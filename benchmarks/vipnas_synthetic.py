@@ -41,9 +41,9 @@ from posenas.config import load_config
 from posenas.cost import count_macs, count_params
 from posenas.engine.train import heatmap_loss
 from posenas.jsonio import read_json, write_json
-from posenas.search.config import SearchExperimentConfig
-from posenas.search.run import search_supernet, train_supernet
-from posenas.search.supernet_checkpoint import supernet_from_checkpoint
+from posenas.search.vipnas_config import SearchExperimentConfig
+from posenas.search.vipnas import search_supernet, train_supernet
+from posenas.checkpoint import supernet_from_checkpoint
 from posenas.spaces.vipnas import ViPNASArch, derive, largest_arch
 from posenas.synthetic.generate import default_spec, ensure_synthetic
 

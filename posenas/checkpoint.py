@@ -28,6 +28,7 @@ from posenas.cost import check_output_stride
 from posenas.errors import PosenasError
 from posenas.jsonio import write_bytes
 from posenas.keypoints import KeypointSchema, get_schema
+from posenas.spaces.supernets import build_supernet, subnet_state
 
 FORMAT = "posenas-checkpoint"
 FORMAT_VERSION = 1
@@ -102,11 +103,33 @@ def model_from_checkpoint(path: str | Path) -> LoadedModel:
         raise PosenasError(f"{path}: {e}") from None
     model = build_model(arch, schema.num_joints)
     if "supernet" in ckpt:  # a supernet checkpoint runs as the plain model of its 'arch', weights inherited
-        from posenas.search.supernet_checkpoint import subnet_state, supernet_from_checkpoint
-
-        load_weights(model, subnet_state(supernet_from_checkpoint(ckpt, path), arch, path), path)
+        load_weights(model, subnet_state(supernet_from_checkpoint(ckpt, path), arch, str(path)), path)
     else:
         load_weights(model, ckpt["state_dict"], path)
     check_heatmap_size(model, codec, f"{path}: field 'codec'.input_size")
     model.eval()
     return LoadedModel(model, arch, schema, codec, ckpt)
+
+
+def supernet_from_checkpoint(ckpt: dict[str, Any], path: str | Path) -> nn.Module:
+    """Rebuild the supernet of a loaded supernet checkpoint dict, weights loaded."""
+    try:
+        num_joints = get_schema(ckpt["schema"]).num_joints
+    except PosenasError as e:
+        raise PosenasError(f"{path}: {e}") from None
+    supernet = build_supernet(ckpt.get("supernet"), num_joints, str(path))
+    load_weights(supernet, ckpt["state_dict"], path)
+    return supernet
+
+
+def inherited_state(path: str | Path, arch_json: dict) -> dict:
+    """Weights for the plain model of ``arch_json`` from checkpoint ``path``: a supernet's
+    slices for that arch, or a plain checkpoint of the very same arch."""
+    ckpt = load_checkpoint(path)
+    arch = arch_from_json(arch_json)
+    if "supernet" in ckpt:
+        return subnet_state(supernet_from_checkpoint(ckpt, path), arch, str(path))
+    if ckpt["arch"] != arch.to_json():
+        raise PosenasError(f"{path}: holds the weights of another architecture ({ckpt['arch'].get('space')}); "
+                           "init_from needs the same arch or a supernet that contains it")
+    return ckpt["state_dict"]

@@ -160,64 +160,26 @@ def _search_space(config: str | Path) -> str | None:
     return supernet.get("space") if isinstance(supernet, dict) else None
 
 
-def _print_vipnas(summary: dict, out: Path) -> None:
-    best = summary["best"]
-    print(f"best of {summary['evaluations']} candidates: {best['metric']} {best['score']:.4f} at "
-          f"{best['gmacs']:.4f} GMACs, {best['params_m']:.3f} M params, {best['latency_ms']:.2f} ms; "
-          f"arch in {out / 'best_arch.json'}")
-
-
-def _print_dnas(summary: dict, out: Path) -> None:
-    if summary.get("strategy") == "random":
-        best = summary["best"]
-        print(f"best of {summary['evaluations']} random archs ({summary['steps_each']} steps each): {best['metric']} "
-              f"{best['score']:.4f} at {best['gmacs']:.4f} GMACs; arch in {out / 'best_arch.json'}")
-    else:
-        print(f"derived arch: {summary['table_cost']:.4g} {summary['cost_unit']} by the {summary['cost_kind']} table, "
-              f"{summary['gmacs']:.4f} GMACs, {summary['params_m']:.3f} M params; in {out / 'best_arch.json'}")
-
-
-def _print_pnfs(summary: dict, out: Path) -> None:
-    for key, file in (("dense", "arch.json"), ("pruned", "arch_pruned.json")):
-        if key in summary:
-            r = summary[key]
-            print(f"{key}: {r['metric']} {r['score']:.4f}, {r['params_m']:.3f} M params, {r['gmacs']:.4f} GMACs; "
-                  f"{out / file}")
-
-
 def cmd_search(args: argparse.Namespace) -> int:
-    """One command for every search; the config's ``supernet.space`` picks which."""
+    """One command for every search; the config's ``supernet.space`` picks which (``SEARCHES``)."""
     from posenas.engine.train import Interrupted
+    from posenas.search.methods import method_for
 
     if not args.resume and not args.config:
         raise PosenasError("search: --config CFG.yaml is required (or --resume --out RUN)")
     if args.resume and not args.out:
         raise PosenasError("search --resume: --out RUN (the run directory to continue) is required")
     out = Path(args.out or f"runs/{Path(args.config).stem}")
-    space = _search_space(out / "config.yaml" if args.resume else args.config)
-    if space == "pnfs":
-        from posenas.search.pnfs_search import PNFSExperimentConfig, run_pnfs
-
-        cfg = _run_config(args, PNFSExperimentConfig, "search", list(args.overrides))
-        run, report = run_pnfs, _print_pnfs
-    elif space == "efficientpose":
-        from posenas.search.dnas import DNASExperimentConfig, run_dnas, run_random_search
-
-        cfg = _run_config(args, DNASExperimentConfig, "search", list(args.overrides))
-        run, report = (run_random_search if cfg.search.strategy == "random" else run_dnas), _print_dnas
-    else:
-        from posenas.search.config import SearchExperimentConfig
-        from posenas.search.run import run_search
-
-        cfg = _run_config(args, SearchExperimentConfig, "search", list(args.overrides))
-        run, report = run_search, _print_vipnas
+    config_file = out / "config.yaml" if args.resume else args.config
+    method = method_for(_search_space(config_file), str(config_file))
+    cfg = _run_config(args, method.config, "search", list(args.overrides))
     try:
-        summary = run(cfg, out, resume=args.resume, progress=not args.quiet)
+        summary = method.run(cfg, out, resume=args.resume, progress=not args.quiet)
     except Interrupted as e:
         print(f"posenas: {e} (then: posenas search --resume --out {out})", file=sys.stderr)
         return 130
     if summary:  # empty on the other ranks of a torchrun
-        report(summary, out)
+        method.report(summary, out, cfg)
     return 0
 
 

@@ -22,7 +22,7 @@ from posenas.errors import PosenasError
 from posenas.jsonio import read_jsonl
 from posenas.search.cost_table import build_cost_table, cached_cost_table, load_cost_table, table_header
 from posenas.search.darts import split_images
-from posenas.search.dnas import DNASExperimentConfig, DNASObjective, cost_term
+from posenas.search.efficientpose import DNASExperimentConfig, DNASObjective, cost_term
 from posenas.spaces.efficientpose import OPS, SETTINGS, EfficientPoseArch, EfficientPoseSupernet, HeadArch, derive
 
 from conftest import make_dataset

@@ -75,7 +75,7 @@ def test_strategies_train_export_and_prune(tmp_path, data_root, strategy, capsys
 
 def test_bad_search_configs_fail_cleanly(tmp_path, data_root, capsys):
     from posenas.config import from_dict
-    from posenas.search.pnfs_search import PNFSExperimentConfig
+    from posenas.search.pnfs import PNFSExperimentConfig
 
     with pytest.raises(PosenasError, match=r"config\.search\.strategy: 'bilevel' not allowed; allowed: synchronous"):
         from_dict(PNFSExperimentConfig, {"search": {"strategy": "bilevel"}})

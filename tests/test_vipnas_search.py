@@ -17,8 +17,8 @@ from posenas.config import from_dict
 from posenas.errors import PosenasError
 from posenas.jsonio import read_jsonl
 from posenas.search.candidates import recalibrate_bn
-from posenas.search.config import SearchExperimentConfig
-from posenas.search.run import pareto_front
+from posenas.search.vipnas_config import SearchExperimentConfig
+from posenas.search.vipnas import pareto_front
 from posenas.search.sandwich import SandwichObjective
 from posenas.spaces.vipnas import derive, largest_arch, smallest_arch
 
@@ -122,7 +122,7 @@ def test_search_run_writes_its_files_resumes_and_feeds_training(tmp_path, data_r
                  "--quiet", f"data.root={data_root}", "data.train_split=val", "data.input_size=[64, 64]",
                  "data.batch_size=4", "data.workers=0", "train.max_steps=1", "train.device=cpu",
                  "train.val_every=0", "train.flip_test=false"]) == 0
-    from posenas.search.supernet_checkpoint import inherited_state
+    from posenas.checkpoint import inherited_state
 
     arch = load_arch_file(out / "best_arch.json")
     inherited = derive(arch, 17)

@@ -246,7 +246,7 @@ def _payload(model, objective, schema_name, codec, cfg, optimizer, scheduler, st
 def init_weights(model: nn.Module, objective: Objective, path: str) -> None:
     """``train.init_from``: start from a checkpoint's weights — the same arch's, or a ViPNAS
     supernet's slices for this arch (weight inheritance before fine-tuning)."""
-    from posenas.search.supernet_checkpoint import inherited_state
+    from posenas.checkpoint import inherited_state
 
     state = inherited_state(path, objective.checkpoint_fields()["arch"])
     load_weights(model, state, path)

@@ -22,7 +22,7 @@ from posenas.cost import count_macs, count_params, measure_latency
 from posenas.data.records import PoseDataset
 from posenas.data.topdown import TopDownDataset
 from posenas.engine.predict import evaluate_model, primary_value
-from posenas.search.config import SearchConfig
+from posenas.search.vipnas_config import SearchConfig
 from posenas.spaces.vipnas import ViPNASArch, ViPNASSupernet, derive
 
 

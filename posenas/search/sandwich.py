@@ -19,7 +19,7 @@ from torch import nn
 
 from posenas.engine.distributed import World, average_gradients
 from posenas.engine.train import Objective, heatmap_loss
-from posenas.search.supernet_checkpoint import supernet_fields
+from posenas.spaces.supernets import supernet_fields
 from posenas.spaces.vipnas import SPACES, Choices, ViPNASArch, ViPNASSupernet, largest_arch, sample_arch, smallest_arch
 
 

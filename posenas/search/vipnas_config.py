@@ -1,4 +1,5 @@
-"""The typed config of a `posenas search` run (YAML on disk, see configs/vipnas/)."""
+"""The typed config of a ViPNAS search run (YAML on disk, see configs/vipnas/); its own module
+because the candidate evaluator (:mod:`posenas.search.candidates`) reads it too."""
 
 from __future__ import annotations
 

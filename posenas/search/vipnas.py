@@ -1,4 +1,5 @@
-"""`posenas search`: train a ViPNAS supernet, then search it under a budget.
+"""The ViPNAS spatial search (`posenas search` on a vipnas-* space): train a weight-sharing
+supernet with the sandwich rule, then search it under a budget.
 
 Run directory::
 
@@ -26,33 +27,18 @@ import torch
 from tqdm import tqdm
 
 from posenas.arch import arch_from_json, save_arch_file
-from posenas.checkpoint import load_checkpoint
-from posenas.config import to_dict, write_yaml
+from posenas.checkpoint import load_checkpoint, supernet_from_checkpoint
 from posenas.data.layout import load_dataset
 from posenas.engine.distributed import resolve_device
 from posenas.engine.train import make_codec, train
+from posenas.display import format_score, retrain_command, ties, warn
 from posenas.errors import PosenasError
 from posenas.jsonio import read_jsonl, write_json
 from posenas.search.candidates import Evaluator, calibration_batches
-from posenas.search.config import SearchExperimentConfig
+from posenas.search.vipnas_config import SearchExperimentConfig
 from posenas.search.sandwich import SandwichObjective
 from posenas.search.strategies import evolution_search, random_search
-from posenas.search.supernet_checkpoint import supernet_from_checkpoint
-
-
-def open_search_dir(out: Path, cfg: Any, resume: bool) -> bool:
-    """Check ``out`` for a new or resumed search and write the config of a new one (rank 0);
-    returns whether this process is rank 0. Only rank 0 checks for an existing search: under
-    torchrun the other ranks may look after rank 0 wrote config.yaml."""
-    is_main = int(os.environ.get("RANK", "0")) == 0
-    if is_main and not resume and (out / "config.yaml").exists():
-        raise PosenasError(f"{out}: holds a search already; pass --resume to continue it or choose another --out")
-    if resume and not (out / "config.yaml").exists():
-        raise PosenasError(f"{out}: nothing to resume (no config.yaml)")
-    if is_main and not resume:
-        out.mkdir(parents=True, exist_ok=True)
-        write_yaml(out / "config.yaml", to_dict(cfg))
-    return is_main
+from posenas.search.rundir import open_search_dir
 
 
 def train_supernet(cfg: SearchExperimentConfig, out: Path, progress: bool = True) -> Path:
@@ -157,7 +143,7 @@ def search_supernet(cfg: SearchExperimentConfig, out: Path, checkpoint: Path, pr
                "best_per_strategy": {s: max((r for r in records if r["strategy"] == s), key=lambda r: r["score"])
                                      for s in sc.strategies},
                "budget": {"max_gmacs": sc.max_gmacs, "max_latency_ms": sc.max_latency_ms},
-               "evaluations": len(records)}
+               "evaluations": len(records), "scores": [r["score"] for r in records]}
     write_json(out / "results.json", summary, indent=2)
     plot_pareto(records, out / "pareto.png", best["metric"])
     return summary
@@ -171,3 +157,20 @@ def run_search(cfg: SearchExperimentConfig, out: str | Path, resume: bool = Fals
     if not is_main:  # under torchrun the search itself runs on rank 0
         return {}
     return search_supernet(cfg, out, checkpoint, progress)
+
+
+def print_summary(summary: dict, out: Path, cfg: SearchExperimentConfig) -> None:
+    """The best candidate, warnings where the ranking means nothing, and the retrain command."""
+    best, metric = summary["best"], summary["metric"]
+    print(f"best of {summary['evaluations']} candidates: {metric} {format_score(best['score'])} at "
+          f"{best['gmacs']:.4f} GMACs, {best['params_m']:.3f} M params, {best['latency_ms']:.2f} ms; "
+          f"arch in {out / 'best_arch.json'}")
+    scores = summary.get("scores", [])
+    if ties(scores):
+        warn(f"all {len(scores)} candidates scored {metric} {format_score(scores[0])}: the ranking is noise and the "
+             "'best' is the first drawn; train the supernet longer (train.epochs) before reading it")
+    elif sum(sc == best["score"] for sc in scores) > 1:
+        warn(f"the best {metric} {format_score(best['score'])} is shared by "
+             f"{sum(sc == best['score'] for sc in scores)} candidates; the pick among them is arbitrary")
+    print("retrain it: " + retrain_command(out / "best_arch.json", cfg.data.root, cfg.data.input_size,
+                                           init_from=out / "supernet" / "checkpoints" / "last.pt"))

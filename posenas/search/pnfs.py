@@ -36,11 +36,12 @@ from posenas.engine.config import DataConfig, OptimConfig, TrainConfig, Training
 from posenas.engine.distributed import resolve_device
 from posenas.engine.predict import evaluate_model, primary_value
 from posenas.engine.train import Objective, make_codec, train
+from posenas.display import format_score, retrain_command, warn
 from posenas.errors import PosenasError
 from posenas.jsonio import read_json, write_json
 from posenas.keypoints import KeypointSchema
 from posenas.search.darts import FirstOrderObjective
-from posenas.search.run import open_search_dir
+from posenas.search.rundir import open_search_dir
 from posenas.spaces.pnfs import (SUBNET_OPS, PNFSArch, PNFSModel, export_arch, fabrics, pnfs_arch, prune_arch,
                                  searched_state)
 
@@ -158,6 +159,12 @@ def run_pnfs(cfg: PNFSExperimentConfig, out: str | Path, resume: bool = False, p
     return export_run(cfg, out, val)
 
 
+def alpha_spread(arch: PNFSArch) -> float:
+    """The largest gap between two op weights of one edge, over every fabric (0: alpha is uniform)."""
+    fabrics_ = [arch.weights["backbone"], *arch.weights["subnets"]] if arch.weights else []
+    return max((max(row) - min(row) for f in fabrics_ if f for row in f["alpha"]), default=0.0)
+
+
 def export_run(cfg: PNFSExperimentConfig, out: Path, val) -> dict:
     """arch.json + model.pt from the trained run; with a threshold, the pruned pair too; scores
     (on the same val images as the run's validation: ``data.val_max_images``)."""
@@ -184,10 +191,31 @@ def export_run(cfg: PNFSExperimentConfig, out: Path, val) -> dict:
                 "params_m": count_params(model) / 1e6, "gmacs": count_macs(model.cpu(), size)[0] / 1e9}
 
     exported = export_arch(trained)
-    summary: dict[str, Any] = {"strategy": cfg.search.strategy, "dense": publish(exported, "")}
+    summary: dict[str, Any] = {"strategy": cfg.search.strategy, "dense": publish(exported, ""),
+                               "alpha_spread": alpha_spread(exported)}
     if cfg.search.prune_threshold is not None:
         summary["pruned"] = {"threshold": cfg.search.prune_threshold,
                              **publish(prune_arch(exported, cfg.search.prune_threshold), "_pruned")}
     summary["training_val"] = read_json(out / "supernet" / "results.json")
     write_json(out / "results.json", summary, indent=2)
     return summary
+
+
+#: Below this gap between an edge's largest and smallest op weight, alpha "did not move".
+UNMOVED_ALPHA = 0.01
+
+
+def print_summary(summary: dict, out: Path, cfg: PNFSExperimentConfig) -> None:
+    """Scores of the dense (and pruned) fabric, warnings where they mean nothing, the retrain command."""
+    for key, file in (("dense", "arch.json"), ("pruned", "arch_pruned.json")):
+        if key in summary:
+            r = summary[key]
+            print(f"{key}: {r['metric']} {format_score(r['score'])}, {r['params_m']:.3f} M params, "
+                  f"{r['gmacs']:.4f} GMACs; {out / file}")
+    if summary["strategy"] != "random" and summary.get("alpha_spread", 1.0) < UNMOVED_ALPHA:
+        warn(f"alpha did not move (largest gap between an edge's op weights {summary['alpha_spread']:.4f}): "
+             "the searched fabric is the uniform mixture; search longer (train.epochs)")
+    pruned = summary.get("pruned")
+    if pruned is not None and pruned["params_m"] == summary["dense"]["params_m"]:
+        warn(f"pruning at {pruned['threshold']} removed nothing (no op or input weight below it)")
+    print("retrain it: " + retrain_command(out / "arch.json", cfg.data.root, cfg.data.input_size))

@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from posenas.arch import arch_from_json, save_arch_file
-from posenas.checkpoint import load_checkpoint, model_from_checkpoint
+from posenas.checkpoint import load_checkpoint, model_from_checkpoint, supernet_from_checkpoint
 from posenas.cost import count_macs, count_params
 from posenas.data.layout import load_dataset
 from posenas.data.transforms import AugmentConfig
@@ -53,11 +53,12 @@ from posenas.engine.config import DataConfig, ModelConfig, OptimConfig, TrainCon
 from posenas.engine.predict import primary_value
 from posenas.engine.train import train
 from posenas.search.darts import FirstOrderObjective
+from posenas.display import format_score, retrain_command, ties, warn
 from posenas.errors import PosenasError
 from posenas.jsonio import read_json, read_jsonl, write_json, write_text
 from posenas.search.cost_table import KINDS, cached_cost_table, load_cost_table, save_cost_table, table_header
-from posenas.search.run import open_search_dir
-from posenas.search.supernet_checkpoint import dnas_supernet_fields, supernet_from_checkpoint
+from posenas.search.rundir import open_search_dir
+from posenas.spaces.supernets import dnas_supernet_fields
 from posenas.spaces.efficientpose import (OPS, SETTINGS, CostTable, EfficientPoseArch, EfficientPoseSupernet, HeadArch,
                                           derive)
 
@@ -313,6 +314,36 @@ def run_random_search(cfg: DNASExperimentConfig, out: str | Path, resume: bool =
 
     save_arch_file(out / "best_arch.json", arch_from_json(best["arch"]))
     summary = {"strategy": "random", "best": best, "evaluations": len(records),
-               "steps_each": s.random_steps}
+               "steps_each": s.random_steps, "records": [{"index": r["index"], "score": r["score"]} for r in records]}
     write_json(out / "results.json", summary, indent=2)
     return summary
+
+
+def run_efficientpose(cfg: DNASExperimentConfig, out: str | Path, resume: bool = False, progress: bool = True) -> dict:
+    """The search ``search.strategy`` names: the differentiable search, or the random baseline."""
+    run = run_random_search if cfg.search.strategy == "random" else run_dnas
+    return run(cfg, out, resume=resume, progress=progress)
+
+
+#: Below this gap between a position's largest and smallest op probability, alpha "did not move".
+UNMOVED_ALPHA = 0.01
+
+
+def print_summary(summary: dict, out: Path, cfg: DNASExperimentConfig) -> None:
+    """The derived (or best random) arch, warnings where it means nothing, and the retrain command."""
+    if summary.get("strategy") == "random":
+        best = summary["best"]
+        print(f"best of {summary['evaluations']} random archs ({summary['steps_each']} steps each): {best['metric']} "
+              f"{format_score(best['score'])} at {best['gmacs']:.4f} GMACs; arch in {out / 'best_arch.json'}")
+        scores = [r["score"] for r in summary.get("records", [])]
+        if ties(scores):
+            warn(f"all {len(scores)} random archs scored {best['metric']} {format_score(scores[0])}: the pick is the "
+                 "first drawn, not a better arch; raise search.random_steps")
+    else:
+        print(f"derived arch: {summary['table_cost']:.4g} {summary['cost_unit']} by the {summary['cost_kind']} table, "
+              f"{summary['gmacs']:.4f} GMACs, {summary['params_m']:.3f} M params; in {out / 'best_arch.json'}")
+        spread = max((max(row) - min(row) for row in summary["probabilities"] if len(row) > 1), default=0.0)
+        if spread < UNMOVED_ALPHA:
+            warn(f"alpha did not move (largest gap between a position's op probabilities {spread:.4f}): the derived "
+                 "arch is the argmax of a near-uniform mixture; search longer or after a shorter warm-up")
+    print("retrain it: " + retrain_command(out / "best_arch.json", cfg.data.root, cfg.data.input_size))

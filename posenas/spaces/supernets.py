@@ -1,0 +1,58 @@
+"""What a supernet checkpoint records about its supernet, and rebuilding it from that.
+
+A supernet checkpoint carries a ``supernet`` field beside the usual ones (a ViPNAS space and
+its choice sets, or an efficientpose setting and head), so that any sub-net's weights can be
+taken from the file alone. This module knows the spaces; :mod:`posenas.checkpoint` reads the
+file and loads the weights, so the two do not import each other in a circle.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from posenas.errors import PosenasError
+from posenas.spaces.efficientpose import SETTINGS, EfficientPoseArch, EfficientPoseSupernet, HeadArch
+from posenas.spaces.vipnas import SPACES, ViPNASSupernet, parse_choices
+
+SUPERNET_SPACES = (*SPACES, "efficientpose")
+
+
+def supernet_fields(space_name: str, supernet_choices_json: dict) -> dict[str, Any]:
+    """The checkpoint field of a ViPNAS supernet over ``supernet_choices_json``."""
+    return {"supernet": {"space": space_name, "choices": supernet_choices_json}}
+
+
+def dnas_supernet_fields(supernet: EfficientPoseSupernet) -> dict[str, Any]:
+    """The checkpoint field of an EfficientPose supernet (its setting and head)."""
+    return {"supernet": {"space": "efficientpose", "setting": supernet.setting, "head": supernet.head_arch.to_json()}}
+
+
+def build_supernet(info: Any, num_joints: int, where: str) -> nn.Module:
+    """An untrained supernet as a checkpoint's ``supernet`` field describes it (``where``: the file, for errors)."""
+    if not isinstance(info, dict) or info.get("space") not in SUPERNET_SPACES:
+        raise PosenasError(f"{where}: field 'supernet': expected {{'space': one of {', '.join(SUPERNET_SPACES)}, ...}}")
+    if info["space"] == "efficientpose":
+        if info.get("setting") not in SETTINGS:
+            raise PosenasError(f"{where}: field 'supernet'.setting: expected one of {', '.join(SETTINGS)}")
+        head = HeadArch.from_json(info.get("head", {}), f"{where}: field 'supernet'.head")
+        return EfficientPoseSupernet(info["setting"], head, num_joints)
+    choices = parse_choices(SPACES[info["space"]], info.get("choices"), f"{where}: field 'supernet'.choices")
+    return ViPNASSupernet(info["space"], choices, num_joints)
+
+
+def subnet_state(supernet: nn.Module, arch: Any, where: str) -> dict[str, torch.Tensor]:
+    """The plain model of ``arch``'s weights, taken from ``supernet`` (a copy)."""
+    if isinstance(supernet, EfficientPoseSupernet):
+        if not isinstance(arch, EfficientPoseArch) or arch.setting != supernet.setting or arch.head != supernet.head_arch:
+            raise PosenasError(f"{where}: cannot inherit weights: the arch is not a sub-net of this efficientpose "
+                               f"supernet ({supernet.setting} setting, head {supernet.head_arch.to_json()})")
+        return supernet.derived_state_dict(arch)
+    try:
+        supernet.set_active(arch)
+    except (PosenasError, AttributeError) as e:
+        raise PosenasError(f"{where}: cannot inherit weights: {e}") from None
+    with torch.no_grad():
+        return {k: v.detach().clone() for k, v in supernet.active_state_dict().items()}
