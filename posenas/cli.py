@@ -146,8 +146,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     except Interrupted as e:
         print(f"posenas: {e}", file=sys.stderr)
         return 130
-    if result:
-        print(f"results in {out}: " + ", ".join(f"{k} {v}" for k, v in result.items() if not isinstance(v, dict)))
+    table = Path(out) / "results.txt"
+    if result and table.is_file():  # the final validation, as `posenas eval` prints it
+        print(table.read_text().rstrip())
+        print(f"results in {out}")
     return 0
 
 
@@ -249,7 +251,8 @@ def cmd_infer(args: argparse.Namespace) -> int:
     from posenas.infer import run_inference
 
     results = run_inference(args.checkpoint, args.inputs, args.out, boxes=args.boxes, flip_test=not args.no_flip,
-                            min_score=args.min_score, device=args.device, runtime=args.runtime)
+                            min_score=args.min_score, device=args.device, runtime=args.runtime,
+                            joint_scores=args.scores)
     print(f"{len(results)} person(s) in {len(set(r['image'] for r in results))} image(s); drawings and predictions.json in {args.out}")
     return 0
 
@@ -362,10 +365,15 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("infer", help="run a checkpoint on images or folders of frames")
     i.add_argument("--checkpoint", required=True)
     i.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders of frames")
-    i.add_argument("--boxes", help="detections JSON ({image or image_id, bbox, score}); default: whole image")
+    i.add_argument("--boxes", help="person boxes JSON, keyed by image file name: a list of {\"image\": NAME, "
+                                   "\"bbox\": [x, y, w, h], \"score\": s}, NAME the input's path as given or its base "
+                                   "name (or \"image_id\": the input's 0-based position); default: the whole image is "
+                                   "one person")
     i.add_argument("--out", required=True, help="folder for drawings and predictions.json")
     i.add_argument("--no-flip", action="store_true", help="skip the flip test")
     i.add_argument("--min-score", type=float, default=0.2, help="joints below this score are not drawn")
+    i.add_argument("--scores", action="store_true", help="write each joint's score beside it (the box always "
+                                                          "carries the person's score)")
     i.add_argument("--device", default="auto")
     i.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
                    help="onnx: --checkpoint is a file made by `posenas export`")

@@ -24,6 +24,10 @@ from posenas.synthetic.generate import default_spec, ensure_synthetic
 from posenas.visualize import show_dataset
 
 
+#: Drawn examples: the same first images of val, once with ground truth and once with predictions.
+EXAMPLES = 8
+
+
 def _step(text: str) -> None:
     print(f"\n== {text}", flush=True)
 
@@ -37,7 +41,7 @@ def run_demo(out: Path, data: Path, config: Path) -> dict:
     val = load_dataset(root, "val")
     check_images(val)
     print("val split: " + ", ".join(f"{k} {v}" for k, v in val.counts().items()))
-    show_dataset(val, out / "examples" / "ground_truth", limit=6, progress=False)
+    show_dataset(val, out / "examples" / "ground_truth", limit=EXAMPLES, progress=False)
 
     run = out / "train"
     cfg = load_config(ExperimentConfig, config, [f"data.root={root}"])
@@ -56,7 +60,7 @@ def run_demo(out: Path, data: Path, config: Path) -> dict:
              for r in read_json(run / "val_predictions.json")]
     print(table)
     plot = plot_training(run / "metrics.jsonl", out / "training_curve.png")
-    drawn = draw_predictions(val, preds, out / "examples" / "predictions", limit=8)
+    drawn = draw_predictions(val, preds, out / "examples" / "predictions", limit=EXAMPLES)
 
     lines = [
         "# posenas demo report", "",

@@ -6,6 +6,7 @@ printed as ``0.0000`` when it is 3.5e-5 hides whether a run learnt anything at a
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,9 @@ def warn(message: str) -> None:
 
 
 def heading(text: str) -> None:
-    """A phase heading of a long command (``== supernet training``)."""
-    print(f"\n== {text}", flush=True)
+    """A phase heading of a long command (``== supernet training``); printed by rank 0 alone under torchrun."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"\n== {text}", flush=True)
 
 
 def retrain_command(arch_file: Path, data_root: Any, input_size: Any, init_from: Path | None = None) -> str:

@@ -20,6 +20,8 @@ from posenas.jsonio import write_bytes, write_json
 from posenas.visualize import draw_predictions
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+#: Video containers: recognised so that the error says what to do instead of "cannot decode image".
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 
 
 def image_inputs(inputs: list[str | Path]) -> list[Path]:
@@ -31,6 +33,10 @@ def image_inputs(inputs: list[str | Path]) -> list[Path]:
             if not frames:
                 raise PosenasError(f"{item}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
             paths += frames
+        elif item.suffix.lower() in VIDEO_SUFFIXES:
+            raise PosenasError(f"{item}: video input: see the README, 'Evaluation of a model and inference' — video "
+                               "inference is not implemented yet; extract the frames into a folder "
+                               f"(ffmpeg -i {item} frames/%06d.jpg) and pass the folder")
         elif item.exists():
             paths.append(item)
         else:
@@ -59,10 +65,11 @@ def run_inference(
     device: str = "auto",
     runtime: str = "torch",
     progress: bool = True,
+    joint_scores: bool = False,
 ) -> list[dict]:
     """Predict every person box (the whole image when no boxes are given); returns the JSON records."""
+    paths = image_inputs(inputs)  # the inputs first: a wrong path fails before the model loads
     loaded = load_model(checkpoint, runtime)
-    paths = image_inputs(inputs)
     # Decode every input before writing anything (a bad image fails with no output); keep
     # only the sizes, so a long folder of frames does not sit in memory.
     sizes = [read_image(p).shape[:2] for p in paths]
@@ -81,7 +88,8 @@ def run_inference(
     results = []
     for i, path in enumerate(paths):
         people = grouped.get(i, [])
-        canvas = draw_predictions(read_image(path), ((p.keypoints, p.box, p.score) for p in people), loaded.schema, min_score)
+        canvas = draw_predictions(read_image(path), ((p.keypoints, p.box, p.score) for p in people), loaded.schema, min_score,
+                                   joint_scores=joint_scores)
         for p in people:
             results.append({
                 "image": str(path), "image_id": i, "bbox": [round(float(v), 2) for v in p.box],

@@ -25,6 +25,28 @@ def _side(name: str) -> tuple[int, int, int]:
     return LEFT if name.startswith("left_") else RIGHT if name.startswith("right_") else CENTRE
 
 
+def _inside(canvas: np.ndarray, box: np.ndarray) -> tuple[int, int, int, int]:
+    """``x1, y1, x2, y2`` of an ``x, y, w, h`` box clipped to the image (a detection may reach past it)."""
+    h, w = canvas.shape[:2]
+    x, y, bw, bh = np.asarray(box, dtype=np.float64)
+    x1, y1 = int(np.clip(round(x), 0, w - 1)), int(np.clip(round(y), 0, h - 1))
+    x2, y2 = int(np.clip(round(x + bw), 0, w - 1)), int(np.clip(round(y + bh), 0, h - 1))
+    return x1, y1, x2, y2
+
+
+def _box_label(canvas: np.ndarray, box: np.ndarray, label: str | None, scale: int) -> None:
+    """The box, and its label inside the image: above the box where there is room, else just inside its top."""
+    x1, y1, x2, y2 = _inside(canvas, box)
+    cv2.rectangle(canvas, (x1, y1), (x2, y2), BOX, 1, cv2.LINE_AA)
+    if not label:
+        return
+    font_scale = 0.35 * scale
+    (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)
+    ty = y1 - 3 if y1 - 3 - th >= 0 else min(y1 + th + 2, canvas.shape[0] - base - 1)
+    tx = int(np.clip(x1, 0, max(0, canvas.shape[1] - tw - 1)))
+    cv2.putText(canvas, label, (tx, ty), cv2.FONT_HERSHEY_SIMPLEX, font_scale, BOX, 1, cv2.LINE_AA)
+
+
 def draw_person(
     canvas: np.ndarray,
     keypoints: np.ndarray,
@@ -33,23 +55,22 @@ def draw_person(
     box: np.ndarray | None = None,
     label: str | None = None,
     min_score: float = 0.0,
-    show_scores: bool = False,
+    scored: bool = False,
+    joint_labels: bool = False,
 ) -> np.ndarray:
     """Draw one person in place.
 
     ``keypoints`` is (K, 3): ``x, y`` and either a COCO visibility (2 visible, 1 occluded,
-    0 not labelled) or, with ``show_scores``, a confidence drawn next to each joint and
-    compared with ``min_score``.
+    0 not labelled) or, with ``scored``, a confidence compared with ``min_score``;
+    ``joint_labels`` writes that confidence beside each joint (off by default: on a crowded
+    image the numbers hide the pose).
     """
     scale = max(1, round(max(canvas.shape[:2]) / 400))
     third = keypoints[:, 2]
-    shown = third > min_score if show_scores else third > 0
+    shown = third > min_score if scored else third > 0
     pts = np.round(keypoints[:, :2]).astype(np.int32)
     if box is not None:
-        x, y, w, h = np.round(box).astype(int)
-        cv2.rectangle(canvas, (x, y), (x + w, y + h), BOX, 1, cv2.LINE_AA)
-        if label:
-            cv2.putText(canvas, label, (x, max(y - 3, 8)), cv2.FONT_HERSHEY_SIMPLEX, 0.35 * scale, BOX, 1, cv2.LINE_AA)
+        _box_label(canvas, box, label, scale)
     for a, b in schema.skeleton:
         if shown[a] and shown[b]:
             names = schema.joints[a], schema.joints[b]
@@ -57,17 +78,20 @@ def draw_person(
             cv2.line(canvas, tuple(pts[a]), tuple(pts[b]), colour, scale + 1, cv2.LINE_AA)
     for j in np.flatnonzero(shown):
         colour = _side(schema.joints[j])
-        occluded = not show_scores and third[j] == 1
+        occluded = not scored and third[j] == 1
         cv2.circle(canvas, tuple(pts[j]), 2 * scale + 1, colour, 1 if occluded else -1, cv2.LINE_AA)
-        if show_scores:
+        if scored and joint_labels:
             cv2.putText(canvas, f"{third[j]:.2f}", tuple(pts[j] + 3), cv2.FONT_HERSHEY_SIMPLEX, 0.28 * scale, colour, 1, cv2.LINE_AA)
     return canvas
 
 
-def draw_predictions(canvas: np.ndarray, instances, schema: KeypointSchema, min_score: float = 0.2) -> np.ndarray:
-    """Draw predicted people in place: ``instances`` yields (keypoints (K, 3) with scores, box or None, score)."""
+def draw_predictions(canvas: np.ndarray, instances, schema: KeypointSchema, min_score: float = 0.2,
+                     joint_scores: bool = False) -> np.ndarray:
+    """Draw predicted people in place: ``instances`` yields (keypoints (K, 3) with scores, box or None,
+    instance score); the instance score labels the box, ``joint_scores`` also labels every joint."""
     for keypoints, box, score in instances:
-        draw_person(canvas, keypoints, schema, box=box, label=f"{score:.2f}", min_score=min_score, show_scores=True)
+        draw_person(canvas, keypoints, schema, box=box, label=f"{score:.2f}", min_score=min_score, scored=True,
+                    joint_labels=joint_scores)
     return canvas
 
 

@@ -53,7 +53,7 @@ from posenas.engine.config import DataConfig, ModelConfig, OptimConfig, TrainCon
 from posenas.engine.predict import primary_value
 from posenas.engine.train import train
 from posenas.search.darts import FirstOrderObjective
-from posenas.display import format_score, retrain_command, ties, warn
+from posenas.display import format_score, heading, retrain_command, ties, warn
 from posenas.errors import PosenasError
 from posenas.jsonio import read_json, read_jsonl, write_json, write_text
 from posenas.search.cost_table import KINDS, cached_cost_table, load_cost_table, save_cost_table, table_header
@@ -232,14 +232,18 @@ def run_dnas(cfg: DNASExperimentConfig, out: str | Path, resume: bool = False, p
     elif table_file.exists():  # a resumed search keeps the table it started with
         header, table = load_cost_table(table_file)
     else:
+        heading(f"cost table: {s.cost} of every op at its input shape")
         _, table = cached_cost_table(s.table_cache, header, progress=progress)
         save_cost_table(table_file, header, table)
     run = out / "supernet"
     if not (run / "results.json").exists():
+        heading(f"supernet training: {sc.setting} setting, alpha steps after {s.warmup_epochs} warm-up epoch(s) "
+                f"into {run}")
         train(cfg.training(), run, resume=(run / "checkpoints" / "last.pt").exists(), progress=progress,
               objective=DNASObjective(cfg, table))
     if not is_main:
         return {}
+    heading("derivation: the argmax op of every position")
     return finish_dnas(out, table, header, num_joints)
 
 
@@ -291,6 +295,7 @@ def run_random_search(cfg: DNASExperimentConfig, out: str | Path, resume: bool =
     done = {r["index"]: r for r in read_jsonl(path)} if path.exists() else {}
     records = []
     size = tuple(cfg.data.input_size)
+    heading(f"random search: {len(archs)} archs, {s.random_steps} training steps each, into {out / 'random'}")
     for i, arch in enumerate(archs):
         if i in done and done[i].get("arch") != arch.to_json():
             raise PosenasError(f"{path}: line for #{i} holds another arch than this search draws (was the config "

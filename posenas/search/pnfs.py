@@ -36,7 +36,7 @@ from posenas.engine.config import DataConfig, OptimConfig, TrainConfig, Training
 from posenas.engine.distributed import resolve_device
 from posenas.engine.predict import evaluate_model, primary_value
 from posenas.engine.train import Objective, make_codec, train
-from posenas.display import format_score, retrain_command, warn
+from posenas.display import format_score, heading, retrain_command, warn
 from posenas.errors import PosenasError
 from posenas.jsonio import read_json, write_json
 from posenas.keypoints import KeypointSchema
@@ -152,10 +152,13 @@ def run_pnfs(cfg: PNFSExperimentConfig, out: str | Path, resume: bool = False, p
                  else SynchronousObjective(arch, s.strategy == "random", s.seed))
     run = out / "supernet"
     if not (run / "results.json").exists():
+        heading(f"fabric training: strategy {s.strategy}, {len(arch.parts)} part fabric(s) into {run}")
         train(cfg.training(), run, resume=(run / "checkpoints" / "last.pt").exists(), progress=progress,
               objective=objective)
     if not is_main:
         return {}
+    heading("export" + (f" and pruning at {s.prune_threshold}" if s.prune_threshold is not None else "")
+            + ": scored on val")
     return export_run(cfg, out, val)
 
 

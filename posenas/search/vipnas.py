@@ -31,7 +31,7 @@ from posenas.checkpoint import load_checkpoint, supernet_from_checkpoint
 from posenas.data.layout import load_dataset
 from posenas.engine.distributed import resolve_device
 from posenas.engine.train import make_codec, train
-from posenas.display import format_score, retrain_command, ties, warn
+from posenas.display import format_score, heading, retrain_command, ties, warn
 from posenas.errors import PosenasError
 from posenas.jsonio import read_jsonl, write_json
 from posenas.search.candidates import Evaluator, calibration_batches
@@ -47,6 +47,8 @@ def train_supernet(cfg: SearchExperimentConfig, out: Path, progress: bool = True
     last = run / "checkpoints" / "last.pt"
     if not (run / "results.json").exists():
         sc = cfg.supernet
+        heading(f"supernet training: {sc.space}, sandwich rule (largest, smallest, {sc.random_subnets} random"
+                f"{', in-place distillation' if sc.distill else ''}) into {run}")
         objective = SandwichObjective(sc.space, sc.parsed_choices(), sc.random_subnets, sc.distill, cfg.train.seed)
         train(cfg.training(), run, resume=last.exists(), progress=progress, objective=objective)
     return last
@@ -120,9 +122,13 @@ def search_supernet(cfg: SearchExperimentConfig, out: Path, checkpoint: Path, pr
     val_set = load_dataset(cfg.data.root, cfg.data.val_split)
     codec = make_codec(cfg.training())
     sc = cfg.search
+    heading(f"BN re-calibration: {sc.calib_batches} fixed training batches per candidate")
     calib = calibration_batches(train_set, codec, cfg.augment, cfg.data.batch_size, sc.calib_batches, sc.seed)
     evaluator = Evaluator(supernet, val_set, codec, device, calib, sc, batch_size=cfg.data.batch_size * 2)
     choices, space = cfg.supernet.parsed_choices(), cfg.supernet.space
+    heading(f"candidates: {', '.join(sc.strategies)}, {sc.candidates} each, budget "
+            f"{sc.max_gmacs if sc.max_gmacs is not None else '-'} GMACs / "
+            f"{sc.max_latency_ms if sc.max_latency_ms is not None else '-'} ms")
     bar = tqdm(total=sc.candidates * len(sc.strategies), desc="search", unit="candidate", disable=not progress)
     evaluate = _record_reader(out / "candidates.jsonl", bar, evaluator)
     records: list[dict] = []
