@@ -47,13 +47,19 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise PosenasError(f"{path}: no such checkpoint file")
+    if path.stat().st_size == 0:
+        raise PosenasError(f"not a posenas checkpoint (or corrupt): {path} (an empty file)")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many kinds for a bad file: zip, pickle, EOF, runtime
-        reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
-        raise PosenasError(f"{path}: not a readable checkpoint (corrupt, truncated or not a torch file): {reason}") from None
+        # Our words only: torch's text runs over lines, carries terminal colour codes, and for a
+        # file holding Python objects advises loading untrusted files with weights_only=False.
+        objects = "Unsupported global" in str(e)
+        raise PosenasError(f"not a posenas checkpoint (or corrupt): {path}"
+                           + (" (it holds pickled Python objects, which no posenas checkpoint does; not loaded)"
+                              if objects else "")) from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise PosenasError(f"{path}: not a posenas checkpoint (no 'format': {FORMAT!r} marker)")
+        raise PosenasError(f"not a posenas checkpoint (or corrupt): {path} (no 'format': {FORMAT!r} marker)")
     if data.get("format_version") != FORMAT_VERSION:
         raise PosenasError(
             f"{path}: checkpoint format version {data.get('format_version')!r}; this posenas reads {FORMAT_VERSION}"

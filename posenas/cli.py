@@ -92,7 +92,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent / f"eval-{args.split or 'val'}"
         metric, result, table, _ = evaluate_checkpoint(
             args.checkpoint, args.data, out, split=args.split, flip_test=args.flip_test, boxes=args.boxes,
-            metric=args.metric, device=args.device, runtime=args.runtime, progress=not args.json,
+            headboxes=args.headboxes, metric=args.metric, device=args.device, runtime=args.runtime,
+            progress=not args.json,
         )
         print(json.dumps(result) if args.json else f"{table}\nwritten to {out}")
         return 0
@@ -101,7 +102,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if not (args.gt and args.pred):
         raise PosenasError("eval: give --gt GT --pred PRED (or --checkpoint CKPT --data DIR)")
-    dataset = load_dataset(args.gt, args.split, None)
+    dataset = load_dataset(args.gt, args.split, None, headboxes=args.headboxes)
     metric, result, table = evaluate_file(dataset, Path(args.pred), args.metric)
     print(json.dumps(result) if args.json else table)
     return 0
@@ -131,9 +132,13 @@ def _run_config(args: argparse.Namespace, cls: type, command: str, overrides: li
 def cmd_train(args: argparse.Namespace) -> int:
     from posenas.engine.config import ExperimentConfig
     from posenas.engine.train import Interrupted, train
+    from posenas.resources import resolve_config
 
     overrides = list(args.overrides)
+    if args.config and not args.resume:  # a path, or a shipped name such as baselines/tiny
+        args.config = str(resolve_config(args.config))
     if args.arch:  # the arch file replaces the config's model
+        resolve_config(args.arch, "arch")  # fail now, not after the data is loaded; the engine resolves it again
         overrides += ["model.arch=null", f"model.arch_file={args.arch}"]
     if args.init_from:
         overrides.append(f"train.init_from={args.init_from}")
@@ -143,8 +148,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = args.out or f"runs/{Path(args.config or args.arch).stem}"
     try:
         result = train(cfg, out, resume=args.resume, progress=not args.quiet)
-    except Interrupted as e:
-        print(f"posenas: {e}", file=sys.stderr)
+    except (Interrupted, KeyboardInterrupt) as e:  # one line, the one command that continues
+        then = (f"continue with: posenas train --resume --out {out}" if (Path(out) / "config.yaml").is_file()
+                else "nothing was written; start it again")
+        print(f"posenas: interrupted{f' ({e})' if str(e) else ''}; {then}", file=sys.stderr)
         return 130
     table = Path(out) / "results.txt"
     if result and table.is_file():  # the final validation, as `posenas eval` prints it
@@ -171,14 +178,20 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise PosenasError("search: --config CFG.yaml is required (or --resume --out RUN)")
     if args.resume and not args.out:
         raise PosenasError("search --resume: --out RUN (the run directory to continue) is required")
+    if not args.resume:  # a path, or a shipped name such as vipnas/tiny-resnet
+        from posenas.resources import resolve_config
+
+        args.config = str(resolve_config(args.config))
     out = Path(args.out or f"runs/{Path(args.config).stem}")
     config_file = out / "config.yaml" if args.resume else args.config
     method = method_for(_search_space(config_file), str(config_file))
     cfg = _run_config(args, method.config, "search", list(args.overrides))
     try:
         summary = method.run(cfg, out, resume=args.resume, progress=not args.quiet)
-    except Interrupted as e:
-        print(f"posenas: {e} (then: posenas search --resume --out {out})", file=sys.stderr)
+    except (Interrupted, KeyboardInterrupt) as e:  # one line, the one command that continues (any phase)
+        then = (f"continue with: posenas search --resume --out {out}" if (out / "config.yaml").is_file()
+                else "nothing was written; start it again")
+        print(f"posenas: interrupted{f' ({e})' if str(e) else ''}; {then}", file=sys.stderr)
         return 130
     if summary:  # empty on the other ranks of a torchrun
         method.report(summary, out, cfg)
@@ -198,6 +211,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_profile(args: argparse.Namespace) -> int:
     from posenas.arch import build_model, load_arch_file, named_arch
     from posenas.cost import profile_model
+    from posenas.resources import resolve_config
 
     given = [k for k in ("model", "arch", "checkpoint") if getattr(args, k)]
     if len(given) != 1:
@@ -220,7 +234,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
         else:
             model = loaded.model
     else:
-        arch = named_arch(args.model) if args.model else load_arch_file(args.arch)
+        arch = named_arch(args.model) if args.model else load_arch_file(resolve_config(args.arch, "arch"))
         model = build_model(arch, args.joints)
     size = size or (256, 192)
     if args.runtime == "onnx" and runner is None and not args.no_latency:
@@ -262,6 +276,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from posenas.demo import run_demo
 
     run_demo(Path(args.out), Path(args.data), Path(args.config))
+    return 0
+
+
+# ---------------------------------------------------------------- configs
+def cmd_configs(args: argparse.Namespace) -> int:
+    """The shipped configs and architectures: any of these names works as --config / --arch from any directory."""
+    from posenas.resources import SHIPPED_ROOT, describe, shipped
+
+    if args.paths:
+        for name in shipped():
+            print(SHIPPED_ROOT / name)
+        return 0
+    for kind, title in (("config", "configs (--config NAME)"), ("arch", "architectures (--arch NAME)")):
+        names = shipped(kind)
+        width = max(map(len, names))
+        print(f"{title}:")
+        for name in names:
+            print(f"  {name:<{width}}  {describe(name)}".rstrip())
+    print(f"(in {SHIPPED_ROOT}; the suffix and a leading configs/ may be left out)")
     return 0
 
 
@@ -309,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.set_defaults(func=cmd_data_show)
 
     t = sub.add_parser("train", help="train a model (top-down, heatmaps) from a YAML config")
-    t.add_argument("--config", help="experiment YAML (see configs/)")
+    t.add_argument("--config", help="experiment YAML: a path, or a shipped name such as baselines/tiny (posenas configs)")
     t.add_argument("--out", help="run directory (default runs/<config name>)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     t.add_argument("--arch", help="architecture JSON to train (e.g. a search's best_arch.json); replaces the config's model")
@@ -322,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("search", help="architecture search: a ViPNAS supernet searched under a budget, or "
                                       "EfficientPose's differentiable cost-aware search, or PNFS fabrics "
                                       "(by the config's supernet.space)")
-    q.add_argument("--config", help="search YAML (see configs/vipnas/, configs/efficientpose/, configs/pnfs/)")
+    q.add_argument("--config", help="search YAML: a path, or a shipped name such as vipnas/tiny-resnet (posenas configs)")
     q.add_argument("--out", help="run directory (default runs/<config name>)")
     q.add_argument("--resume", action="store_true", help="continue the search in --out")
     q.add_argument("--device", help="auto (default: CUDA when present), cpu, cuda, cuda:N")
@@ -332,10 +365,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="evaluate predictions (--gt/--pred) or a checkpoint (--checkpoint/--data)")
     e.add_argument("--gt", help="ground truth: dataset root or annotation file")
-    e.add_argument("--pred", help="predictions JSON (COCO results, or PCKh records)")
+    e.add_argument("--pred", help="predictions JSON (COCO results, or PCKh records), in the annotation file's "
+                                  "pixel frame (MPII: 1-based)")
     e.add_argument("--checkpoint", help="model checkpoint to run")
     e.add_argument("--data", help="dataset root or annotation file to run the checkpoint on")
-    e.add_argument("--boxes", help="person detections JSON (default: ground-truth boxes)")
+    e.add_argument("--boxes", help="person detections JSON (default: ground-truth boxes); "
+                                   "detections on images the data lacks are skipped with a warning")
+    e.add_argument("--headboxes", help="MPII's ground-truth .mat (mpii_gt_val.mat, as HRNet and MMPose ship it) "
+                                       "with the head boxes PCKh needs, for MPII JSON records without 'headbox'")
     e.add_argument("--flip-test", action="store_true", help="average with the mirrored image's heatmaps")
     e.add_argument("--out", help="where --checkpoint writes predictions and metrics (default: beside the checkpoint)")
     e.add_argument("--device", default="auto")
@@ -348,7 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("profile", help="parameters, MACs and measured latency of a model")
     q.add_argument("--model", help="a named model (e.g. simplebaseline-resnet50)")
-    q.add_argument("--arch", help="architecture JSON file of any search space")
+    q.add_argument("--arch", help="architecture JSON of any search space: a path, or a shipped name such as "
+                                  "vipnas/s-vipnas-res50 (posenas configs)")
     q.add_argument("--checkpoint", help="a checkpoint (its input size is the default)")
     q.add_argument("--input", type=_dims("HEIGHTxWIDTH such as 256x192 (the papers' order)"),
                    help="input size HxW (default 256x192, or the checkpoint's)")
@@ -391,6 +429,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--data", default="data/synthetic", help="where the synthetic datasets live (made if absent)")
     d.add_argument("--config", default="configs/baselines/tiny.yaml", help="training config of the demo model")
     d.set_defaults(func=cmd_demo)
+
+    g = sub.add_parser("configs", help="list the shipped configs and architecture JSONs (usable by name)")
+    g.add_argument("--paths", action="store_true", help="print each file's full path instead")
+    g.set_defaults(func=cmd_configs)
     return p
 
 

@@ -18,7 +18,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 import yaml
 
 from posenas.errors import PosenasError
-from posenas.jsonio import read_text, write_bytes
+from posenas.jsonio import is_stale_temp, read_text, remove_stale_temps, write_bytes
 
 T = TypeVar("T")
 
@@ -171,4 +171,68 @@ def write_yaml(path: str | Path, data: Any) -> None:
     write_bytes(path, yaml.safe_dump(data, sort_keys=False).encode("utf-8"))
 
 
-__all__ = ["from_dict", "to_dict", "read_yaml", "apply_overrides", "load_config", "write_yaml"]
+def _same_run(saved: Any, config: dict) -> bool:
+    """Whether a saved ``config.yaml`` is this run's config (``train.device`` may differ: a resumed
+    command may move the run to another device)."""
+
+    def strip(c: Any) -> Any:
+        if not isinstance(c, dict):
+            return c
+        train = c.get("train")
+        return {**c, "train": {k: v for k, v in train.items() if k != "device"}} if isinstance(train, dict) else c
+
+    return strip(saved) == strip(yaml.safe_load(yaml.safe_dump(config, sort_keys=False)))
+
+
+def open_run_dir(out: str | Path, config: dict, resume: bool, leftovers: tuple[str, ...] = (),
+                 write: bool = True) -> None:
+    """The one check of every run directory (``train`` and each search) before it is used, so
+    that no command overwrites another run's, a search's or a user's files.
+
+    A new run needs ``out`` absent or empty, or holding only the start of the very same run
+    (its ``config.yaml`` equal to ``config``, and besides only the files named in
+    ``leftovers`` or empty folders: a start killed before anything worth keeping was written).
+    ``resume`` needs a ``config.yaml``. Anything else is an error that says what to do. Temp
+    files of writes killed midway are deleted from ``out`` and ``out/checkpoints``. With
+    ``write``, a new run's ``config.yaml`` is written. Call it on rank 0 only: other ranks may
+    look after rank 0 wrote."""
+    out = Path(out)
+    saved_path = out / "config.yaml"
+    if resume:
+        if not saved_path.is_file():
+            raise PosenasError(f"{out}: nothing to resume (no config.yaml); start it without --resume")
+        saved = read_yaml(saved_path)
+        if not isinstance(saved, dict):
+            raise PosenasError(f"{saved_path}: not a posenas run config (expected a mapping)")
+        if ("search" in saved) != ("search" in config):
+            kind = "search" if "search" in saved else "training run"
+            raise PosenasError(f"{out}: holds a {kind}, which this command does not continue; resume it with "
+                               f"posenas {'search' if kind == 'search' else 'train'} --resume --out {out}")
+    elif out.exists():
+        if not out.is_dir():
+            raise PosenasError(f"{out}: is a file, not a run folder; choose another --out")
+        entries = sorted(p for p in out.iterdir() if not is_stale_temp(p))
+        if entries:
+            saved = read_yaml(saved_path) if saved_path.is_file() else None
+            rest = [p for p in entries if p != saved_path and not (p.name in leftovers and p.is_file())
+                    and not (p.is_dir() and not any(q for q in p.iterdir() if not is_stale_temp(q)))]
+            if saved is None or not _same_run(saved, config) or rest:
+                raise PosenasError(_occupied(out, saved, entries))
+    for folder in (out, out / "checkpoints"):
+        remove_stale_temps(folder)
+    if write and not resume:
+        write_yaml(saved_path, config)
+
+
+def _occupied(out: Path, saved: Any, entries: list[Path]) -> str:
+    """Why ``out`` cannot take a new run, and the commands that can go on from there."""
+    if isinstance(saved, dict):
+        what, command = ("search", "search") if "search" in saved else ("run", "train")
+        return (f"{out}: holds a {what} already; pass --resume to continue it (posenas {command} --resume "
+                f"--out {out}), or choose another --out, or remove the folder")
+    names = ", ".join(p.name for p in entries[:3]) + (", ..." if len(entries) > 3 else "")
+    return (f"{out}: holds files of no posenas run ({names}); choose another --out (a new or empty folder) "
+            "or remove them")
+
+
+__all__ = ["from_dict", "to_dict", "read_yaml", "apply_overrides", "load_config", "write_yaml", "open_run_dir"]

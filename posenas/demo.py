@@ -17,9 +17,10 @@ from posenas.data.check import check_images
 from posenas.data.layout import load_dataset
 from posenas.engine.config import ExperimentConfig
 from posenas.engine.predict import InstancePrediction
-from posenas.engine.train import train
+from posenas.engine.train import resolve_arch, train
 from posenas.jsonio import read_json, read_text, write_text
 from posenas.report import draw_predictions, plot_training
+from posenas.resources import resolve_config
 from posenas.synthetic.generate import default_spec, ensure_synthetic
 from posenas.visualize import show_dataset
 
@@ -34,6 +35,9 @@ def _step(text: str) -> None:
 
 def run_demo(out: Path, data: Path, config: Path) -> dict:
     root = data / "coco"
+    # The config (a path or a shipped name) and its model are checked before minutes of data generation.
+    cfg = load_config(ExperimentConfig, resolve_config(config), [f"data.root={root}"])
+    resolve_arch(cfg.model)
     _step(f"synthetic people (COCO format) in {root}")
     report = ensure_synthetic(root, default_spec("coco"))
     print(f"generated in {report['seconds']:.1f} s ({report['images_per_second']:.0f} images/s)"
@@ -44,7 +48,6 @@ def run_demo(out: Path, data: Path, config: Path) -> dict:
     show_dataset(val, out / "examples" / "ground_truth", limit=EXAMPLES, progress=False)
 
     run = out / "train"
-    cfg = load_config(ExperimentConfig, config, [f"data.root={root}"])
     _step(f"training {cfg.model.name if cfg.model.arch is None else 'model'} from {config} into {run}")
     if (run / "results.json").exists():
         print("already trained (delete the run folder to train again)")  # results.json: final validation done

@@ -3,7 +3,7 @@
 The ONNX file is self-describing like the checkpoint: its metadata holds the
 architecture JSON, keypoint schema and codec, so :mod:`posenas.runtime` runs it with the
 same pre- and post-processing and no other file. The export is written only after the
-parity check passes (max abs heatmap difference ≤ 1e-4 on random and real inputs).
+parity check passes (max abs heatmap difference ≤ 1e-4 × the heatmaps' peak, on random and real inputs).
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from posenas.errors import PosenasError
 from posenas.jsonio import write_bytes
 from posenas.runtime import METADATA_PREFIX, ort_session
 
+#: Allowed max abs heatmap difference, relative to the PyTorch heatmaps' peak |value|: an absolute
+#: limit would pass anything on an untrained net whose heatmaps are ~1e-8.
 PARITY_TOLERANCE = 1e-4
 
 
@@ -80,17 +82,18 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, opset: int = 18, dyn
     inputs = {"random": torch.randn(1, 3, h, w, generator=generator), "real": real_input((h, w))}
     if dynamic_batch:
         inputs["random batch of 3"] = torch.randn(3, 3, h, w, generator=generator)
-    report = {}
+    report, limits = {}, {}
     with torch.no_grad():
         for name, x in inputs.items():
             ours = model(x).numpy()
             theirs = session.run(None, {"image": x.numpy()})[0]
             report[name] = float(np.abs(ours - theirs).max())
-    worst = max(report, key=report.get)
-    if report[worst] > PARITY_TOLERANCE:
+            limits[name] = PARITY_TOLERANCE * float(np.abs(ours).max())
+    worst = max(report, key=lambda k: report[k] - limits[k])
+    if report[worst] > limits[worst]:
         raise PosenasError(
             f"{checkpoint}: ONNX parity failed on the {worst} input: max abs heatmap difference "
-            f"{report[worst]:.3g} > {PARITY_TOLERANCE:g}; nothing written"
+            f"{report[worst]:.3g} > {limits[worst]:.3g} ({PARITY_TOLERANCE:g} x the heatmaps' peak); nothing written"
         )
     write_bytes(out, data)
     return {"max_abs_diff": report, "opset": opset, "dynamic_batch": dynamic_batch, "bytes": len(data)}

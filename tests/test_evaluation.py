@@ -487,12 +487,13 @@ def test_pckh_row_without_labelled_joints_is_none():
 def test_pckh_predictions_file(tmp_path):
     ds, preds = _pckh_dataset()
     entries = []
-    for rec, arr in preds.items():
-        kps = [[float(x), float(y)] for x, y, _ in arr] if rec == 2 else [[float(x), float(y), 0.5] for x, y, _ in arr]
+    for rec, arr in preds.items():  # an MPII predictions file is 1-based, like the annotation file
+        kps = [[x + 1.0, y + 1.0] for x, y, _ in arr] if rec == 2 else [[x + 1.0, y + 1.0, 0.5] for x, y, _ in arr]
         entries.append({"id": rec, "keypoints": kps})
     loaded = load_pckh_predictions(_write(tmp_path / "pred.json", entries), ds)
     assert sorted(loaded) == [1, 2, 3]
     assert loaded[2].shape == (16, 3) and (loaded[2][:, 2] == 1.0).all()
+    np.testing.assert_allclose(loaded[1][:, :2], preds[1][:, :2])  # back in the records' 0-based frame
     assert pckh(ds, loaded) == pckh(ds, preds)
 
 

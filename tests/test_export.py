@@ -53,7 +53,27 @@ def test_export_then_onnx_runtime_matches_pytorch(tmp_path, checkpoint, data_roo
 
 def test_parity_failure_writes_nothing(tmp_path, checkpoint, monkeypatch):
     monkeypatch.setattr(export_module, "PARITY_TOLERANCE", 0.0)
-    with pytest.raises(PosenasError, match=r"ONNX parity failed on the .* input: max abs heatmap difference .* > 0; nothing written"):
+    with pytest.raises(PosenasError, match=r"ONNX parity failed on the .* input: max abs heatmap difference .* > 0 \(0 x the heatmaps. peak\); nothing written"):
+        export_onnx(checkpoint, tmp_path / "model.onnx")
+    assert not (tmp_path / "model.onnx").exists()
+
+
+def test_parity_is_relative_to_the_heatmaps(tmp_path, checkpoint, monkeypatch):
+    """An ONNX graph off by 1 % of the heatmaps' peak fails, however small the heatmaps are."""
+    import numpy as np
+
+    real_session = export_module.ort_session
+
+    class OffByOnePercent:
+        def __init__(self, data):
+            self.session = real_session(data)
+
+        def run(self, names, feeds):
+            out = self.session.run(names, feeds)[0]
+            return [out + 0.01 * np.abs(out).max()]
+
+    monkeypatch.setattr(export_module, "ort_session", OffByOnePercent)
+    with pytest.raises(PosenasError, match="ONNX parity failed"):
         export_onnx(checkpoint, tmp_path / "model.onnx")
     assert not (tmp_path / "model.onnx").exists()
 
@@ -70,4 +90,4 @@ def test_runtime_mismatches_and_bad_files(tmp_path, capsys):
     with pytest.raises(PosenasError, match="--runtime onnx runs an exported model"):
         load_model(ckpt, "onnx")
     assert main(["export", str(ckpt), "--onnx", str(tmp_path / "o.onnx")]) == 2
-    assert "not a readable checkpoint" in capsys.readouterr().err
+    assert "not a posenas checkpoint (or corrupt)" in capsys.readouterr().err

@@ -67,8 +67,10 @@ def test_strategies_train_export_and_prune(tmp_path, data_root, strategy, capsys
     trained = model_from_checkpoint(out / "supernet" / "checkpoints" / "last.pt").model
     dense = model_from_checkpoint(out / "model.pt").model
     x = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
-        assert (trained(x) - dense(x)).abs().max() <= 1e-6
+    with torch.no_grad():  # relative: after a few steps the maps are still tiny (~1e-8 at init)
+        y = trained(x)
+        assert y.abs().max() > 0
+        assert (y - dense(x)).abs().max() <= 1e-5 * y.abs().max()
     assert model_from_checkpoint(out / "model_pruned.pt").arch.to_json() == load_arch_file(
         out / "arch_pruned.json").to_json()
 

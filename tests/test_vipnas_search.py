@@ -69,6 +69,7 @@ def test_recalibrated_bn_holds_the_average_of_the_batch_statistics():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4))
     model[1].running_mean.fill_(9.0)
+    model[1].num_batches_tracked.fill_(100)  # as a trained supernet's: a cumulative average not reset stays near 9
     batches = [torch.randn(2, 3, 5, 5) * (i + 1) + i for i in range(3)]
     recalibrate_bn(model, batches)
     with torch.no_grad():
@@ -211,8 +212,9 @@ def test_sandwich_gradients_are_averaged_over_ranks(tmp_path):
     assert len(used) > 10
     for name, grad in ranks[0].items():
         assert torch.equal(grad, ranks[1][name]), name
-        if name in used:
-            assert torch.allclose(grad, (alone[0][name] + alone[1][name]) / 2, atol=1e-6), name
+        if name in used:  # relative: a third of these gradients are below 1e-6 everywhere
+            mean = (alone[0][name] + alone[1][name]) / 2
+            assert torch.allclose(grad, mean, rtol=1e-4, atol=1e-5 * float(mean.abs().max())), name
         else:  # a slice no sub-net of this step touched: zero everywhere
             assert not grad.any(), name
 

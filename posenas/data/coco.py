@@ -2,6 +2,13 @@
 
 PoseTrack18 files share this structure (images + annotations + categories) with a few
 extra fields, so :mod:`posenas.data.posetrack` reuses the parsing here.
+
+Real files carry more than we use; unknown fields are ignored (``segmentation`` polygons
+or RLE, ``num_keypoints``, which we recount from the keypoints, PoseTrack's ``scores``,
+``ignore_regions_x/y``, ``mask_file`` ...). ``iscrowd`` may be 0/1 (COCO) or a boolean
+(PoseTrack18). People with no labelled joint (COCO's ``num_keypoints: 0``, crowds,
+PoseTrack's head-box-only people, which may lack ``bbox``) load; they are not training
+instances, and evaluation treats them as pycocotools does.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import numpy as np
 from posenas.data.fields import (
     Where,
     as_box,
+    as_flag,
     as_int,
     as_list,
     as_number,
@@ -87,7 +95,7 @@ def parse_annotation(rec: Any, where: Where, schema: KeypointSchema) -> tuple[in
         person.area = as_number(rec["area"], "area", where)
         if person.area < 0:
             raise where.error("area", f"must be >= 0, got {person.area:g}")
-    person.iscrowd = bool(as_int(rec.get("iscrowd", 0), "iscrowd", where))
+    person.iscrowd = as_flag(rec.get("iscrowd", 0), "iscrowd", where)
     if rec.get("track_id") is not None:
         person.track_id = as_int(rec["track_id"], "track_id", where)
     if rec.get("bbox_head") is not None:

@@ -73,6 +73,15 @@ def as_number(value: Any, field: str, where: Where) -> float:
     return float(value)
 
 
+def as_flag(value: Any, field: str, where: Where) -> bool:
+    """A yes/no field as a JSON boolean or 0/1: COCO writes ``"iscrowd": 0``, PoseTrack18 ``"iscrowd": false``."""
+    if isinstance(value, bool):
+        return value
+    if is_number(value) and value in (0, 1):
+        return bool(value)
+    raise where.error(field, f"expected true/false or 0/1, got {value!r}")
+
+
 def as_numbers(value: Any, field: str, where: Where, count: int, what: str | None = None, dtype=np.float32) -> np.ndarray:
     """A flat list of exactly ``count`` finite numbers (float32 unless ``dtype`` says otherwise)."""
     expected = what or f"{count} numbers"

@@ -10,6 +10,14 @@ MMPose do, the reader moves it down by 15 × scale px (the writer undoes it), so
 joints are labelled). We add an optional ``joints_occluded`` (0/1) so that our synthetic
 data keeps its honest occlusion labels; readers that do not know it ignore it.
 Records of the same ``image`` become one :class:`ImageRecord` with several people.
+A record without ``id`` gets its 0-based position in the file as id (the MMPose / HRNet
+``mpii_val.json`` has none); predictions name it by that.
+
+MMPose's and HRNet's ``mpii_val.json`` has no ``headbox``: the head boxes are in MPII's
+ground-truth ``mpii_gt_val.mat`` (``headboxes_src`` (2, 2, N): top-left and bottom-right
+corner; ``jnt_missing`` (16, N); ``pos_gt_src`` (16, 2, N); 1-based), whose N entries are
+the JSON's records in order. :func:`read_mpii` takes them from there when given the file,
+after checking the count and that ``pos_gt_src`` agrees with the JSON's joints.
 """
 
 from __future__ import annotations
@@ -29,12 +37,16 @@ from posenas.data.fields import (
     check_unique,
     require,
 )
-from posenas.data.records import ImageRecord, Person, PoseDataset
+from posenas.data.records import FILE_ORIGIN, ImageRecord, Person, PoseDataset
 from posenas.errors import PosenasError
 from posenas.keypoints import MPII16
 
 #: MPII files count pixels from 1 (MATLAB); records from 0.
-ONE_BASED = 1.0
+ONE_BASED = FILE_ORIGIN["mpii"]
+#: What we read from MPII's ground-truth .mat (``mpii_gt_val.mat``, as HRNet and MMPose ship it).
+GT_MAT_FIELDS = ("headboxes_src", "jnt_missing", "pos_gt_src")
+#: Largest difference (px, per coordinate) between the .mat's joints and the JSON's of the same record.
+GT_MAT_TOLERANCE = 1.0
 #: HRNet / MMPose move MPII's centre down by this many × scale pixels.
 CENTRE_SHIFT = 15.0
 
@@ -80,18 +92,80 @@ def parse_record(rec: Any, where: Where, k: int) -> tuple[str, Person]:
     return image, person
 
 
-def read_mpii(path: Path, data: Any, image_root: Path) -> PoseDataset:
+def read_gt_mat(path: Path, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """MPII's ground-truth .mat as arrays in its 1-based frame, one row per record:
+    head boxes ``(N, 4)`` x1 y1 x2 y2, missing flags ``(N, K)``, joints ``(N, K, 2)``."""
+    from scipy.io import loadmat
+
+    if not path.is_file():
+        raise PosenasError(f"{path}: no such file (expected MPII's ground-truth .mat, e.g. mpii_gt_val.mat)")
+    try:
+        mat = loadmat(path, variable_names=GT_MAT_FIELDS)
+    except Exception as e:  # scipy raises ValueError, TypeError, NotImplementedError (v7.3 / HDF5) ...
+        reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise PosenasError(f"{path}: not a readable MATLAB .mat file: {reason}") from None
+    for name in GT_MAT_FIELDS:
+        if name not in mat:
+            raise PosenasError(f"{path}: field {name!r} missing; expected MPII's ground truth with "
+                               f"{', '.join(GT_MAT_FIELDS)} (mpii_gt_val.mat as HRNet and MMPose ship it)")
+    arrays = {}
+    n = np.shape(mat["headboxes_src"])[-1] if np.ndim(mat["headboxes_src"]) == 3 else None
+    for name, shape in zip(GT_MAT_FIELDS, ((2, 2, n), (k, n), (k, 2, n))):
+        try:
+            arrays[name] = np.asarray(mat[name], dtype=np.float64)
+        except (TypeError, ValueError):
+            arrays[name] = None
+        if arrays[name] is None or arrays[name].shape != shape:
+            got = "not numbers" if arrays[name] is None else f"shape {arrays[name].shape}"
+            expected = "(" + ", ".join("N" if d is None else str(d) for d in shape) + ")"
+            raise PosenasError(f"{path}: field {name!r}: expected shape {expected}, got {got}")
+    boxes = np.concatenate([arrays["headboxes_src"][0].T, arrays["headboxes_src"][1].T], axis=1)
+    missing = arrays["jnt_missing"].T > 0
+    bad = ~np.isfinite(boxes).all(axis=1)
+    if bad.any():
+        raise PosenasError(f"{path}: field 'headboxes_src': record {int(np.argmax(bad))} is not finite")
+    return boxes, missing, arrays["pos_gt_src"].transpose(2, 0, 1)
+
+
+def attach_gt_mat(people: list[Person], mat_path: Path, json_path: Path) -> None:
+    """Give each record (in file order) its head box from the .mat, after checking that the files belong together."""
+    boxes, missing, positions = read_gt_mat(mat_path, MPII16.num_joints)
+    if len(boxes) != len(people):
+        raise PosenasError(f"{mat_path} has {len(boxes)} records but {json_path} has {len(people)}; the .mat must "
+                           "hold the JSON's records in the same order (mpii_gt_val.mat goes with mpii_val.json)")
+    if not people:
+        return
+    kp = np.stack([p.keypoints for p in people]).astype(np.float64)
+    json_xy = kp[:, :, :2] + ONE_BASED
+    both = (kp[:, :, 2] > 0) & ~missing
+    with np.errstate(invalid="ignore"):
+        off = both & ~(np.abs(json_xy - positions).max(axis=2) <= GT_MAT_TOLERANCE)  # NaN counts as off
+    if off.any():
+        i, j = np.argwhere(off)[0]
+        raise PosenasError(
+            f"{mat_path}: record {i} (id {people[i].id}) of {json_path}: joint {j} ({MPII16.joints[j]}) is at "
+            f"{positions[i, j].round(2).tolist()} in 'pos_gt_src' but {json_xy[i, j].round(2).tolist()} in the JSON "
+            f"(more than {GT_MAT_TOLERANCE:g} px apart); the .mat must hold the JSON's records in the same order"
+        )
+    for person, box in zip(people, boxes - ONE_BASED):
+        person.head_box = box.astype(np.float32)
+
+
+def read_mpii(path: Path, data: Any, image_root: Path, headboxes: Path | None = None) -> PoseDataset:
+    """MPII JSON records; ``headboxes``: MPII's ground-truth .mat to take the head boxes from."""
     schema = MPII16
     records = as_list(data, "records", Where(path, "top level"))
     images: dict[str, ImageRecord] = {}
-    ids = []
+    people = []
     for i, rec in enumerate(records):
         name, person = parse_record(rec, Where(path, "records", i), schema.num_joints)
-        ids.append(person.id)
+        people.append(person)
         if name not in images:
             images[name] = ImageRecord(id=len(images), file_name=name)
         images[name].people.append(person)
-    check_unique(ids, path, "records")
+    check_unique([p.id for p in people], path, "records")
+    if headboxes is not None:
+        attach_gt_mat(people, Path(headboxes), path)
     return PoseDataset("mpii", schema, image_root, list(images.values()), path)
 
 

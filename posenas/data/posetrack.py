@@ -1,10 +1,14 @@
-"""PoseTrack18-style video annotations: one COCO-structured JSON per video.
+"""PoseTrack18-style video annotations: one COCO-structured JSON per video, or one for all.
 
-Images carry ``vid_id`` (string), ``frame_id``, ``nframes`` and ``is_labeled``;
-annotations carry ``track_id`` and ``bbox_head`` (x, y, w, h). ``file_name`` is relative
-to the dataset root (``images/<split>/<video>/<frame>.jpg``), as in the real release.
-Image ids follow PoseTrack18's scheme, ``1 VVVVVV FFFF`` (video number, frame index),
-so that they are unique across the videos of a split.
+Images carry ``vid_id`` (string), ``frame_id``, ``nframes`` and ``is_labeled`` (a boolean
+or 0/1); annotations carry ``track_id`` and ``bbox_head`` (x, y, w, h). ``file_name`` is
+relative to the dataset root (``images/<split>/<video>/<frame>.jpg``), as in the real
+release. Image ids follow PoseTrack18's scheme, ``1 VVVVVV FFFF`` (video number, frame
+index), so that they are unique across the videos of a split; the real files' ``frame_id``
+is that same number, which orders the frames as well. Only frames with ``is_labeled``
+true are evaluated. MMPose's ``posetrack18_<split>.json`` (every video in one file) reads
+the same way, as does any other field the real files carry (``scores``,
+``ignore_regions_x/y``, ``mask_file``, ``has_no_densepose`` ...), which is ignored.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from posenas.data.coco import annotation_dict, category, image_dict, parse_coco_like
-from posenas.data.fields import Where, as_int, as_str, check_unique
+from posenas.data.fields import Where, as_flag, as_int, as_str, check_unique
 from posenas.data.records import PoseDataset
 from posenas.errors import PosenasError
 from posenas.jsonio import read_json
@@ -49,7 +53,7 @@ def read_posetrack(path: Path, image_root: Path, first: Any = None) -> PoseDatas
                 raise where.error("vid_id", f"expected a video id string, got {vid!r}")
             img.video_id = as_str(str(vid), "vid_id", where)
             img.frame_id = as_int(rec.get("frame_id", i), "frame_id", where)
-            img.is_labeled = bool(rec.get("is_labeled", True))
+            img.is_labeled = as_flag(rec.get("is_labeled", True), "is_labeled", where)
         images += vid_images
     check_unique([img.id for img in images], path, "images (all videos)")
     check_unique([p.id for img in images for p in img.people], path, "annotations (all videos)")

@@ -9,6 +9,10 @@ Keypoints are ``(K, 3)`` float32 arrays of ``x, y, v`` in pixel coordinates of t
 image (0-based, pixel centres at integers), with COCO's visibility convention:
 ``v = 2`` labelled and visible, ``v = 1`` labelled but occluded, ``v = 0`` not labelled
 (for our synthetic data: outside the image); unlabelled joints have ``x = y = 0``.
+
+Files keep their release's frame (:data:`FILE_ORIGIN`): readers convert to the records'
+0-based one and writers back, and a prediction file is in the frame of the annotation
+file it is scored against, so MPII predictions are 1-based as the official toolkit expects.
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ from posenas.keypoints import KeypointSchema
 
 #: Dataset formats we read and write — a plain tuple to grep.
 FORMATS = ("coco", "mpii", "posetrack")
+
+#: Pixel coordinate of the first pixel's centre in each format's files: MPII counts from 1 (MATLAB).
+FILE_ORIGIN = {"coco": 0.0, "mpii": 1.0, "posetrack": 0.0}
 
 
 @dataclass
@@ -75,6 +82,7 @@ class ImageRecord:
     people: list[Person] = field(default_factory=list)
     video_id: str | None = None
     frame_id: int | None = None
+    #: PoseTrack frames without annotations say ``is_labeled: false``; evaluation skips them.
     is_labeled: bool = True
 
 
@@ -87,6 +95,11 @@ class PoseDataset:
     image_root: Path
     images: list[ImageRecord]
     source: Path
+
+    @property
+    def file_origin(self) -> float:
+        """What files of this format add to the records' 0-based coordinates (prediction files too)."""
+        return FILE_ORIGIN[self.format]
 
     def image_path(self, image: ImageRecord) -> Path:
         return self.image_root / image.file_name

@@ -13,12 +13,16 @@ DataLoader workers too, persistent ones included (``persistent_workers=True``): 
 
 from __future__ import annotations
 
+import traceback
+from contextlib import contextmanager
+from typing import Iterator
+
 import cv2
 import numpy as np
 import torch
 
 from posenas.codecs.heatmap import HeatmapCodec
-from posenas.data.images import read_image
+from posenas.data.images import DataError, read_image
 from posenas.data.records import ImageRecord, PoseDataset
 from posenas.data.transforms import AugmentConfig, TopDownTransform
 from posenas.errors import PosenasError
@@ -36,6 +40,19 @@ def normalize_image(crop_rgb: np.ndarray) -> np.ndarray:
     x *= _NORM_SCALE
     x += _NORM_SHIFT
     return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+@contextmanager
+def worker_errors_released() -> Iterator[None]:
+    """Around iterating a DataLoader with workers: a sample's :class:`DataError` leaves it with
+    the loader's workers shut down at once. Why: the re-raised error's traceback holds the
+    loader's iterator in a reference cycle; left to the garbage collector, its shutdown waits
+    5 s per worker before the command can exit."""
+    try:
+        yield
+    except DataError as e:
+        traceback.clear_frames(e.__traceback__)  # frees the iterator now (frames still running are kept)
+        raise
 
 
 class TopDownDataset(torch.utils.data.Dataset):
@@ -102,12 +119,21 @@ class TopDownDataset(torch.utils.data.Dataset):
         """The augmentation RNG of item ``index`` in the current epoch."""
         return np.random.default_rng([self.seed, self.epoch, int(index)])
 
+    def load_image(self, img: ImageRecord) -> np.ndarray:
+        """The RGB ``(H, W, 3)`` uint8 image of a record, read from disk (in-memory images: :mod:`posenas.api`)."""
+        return cv2.cvtColor(read_image(self.dataset.image_path(img)), cv2.COLOR_BGR2RGB)
+
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < len(self._items):
             raise IndexError(f"TopDownDataset index {index} out of range for {len(self._items)} instances")
         img, keypoints, box, person_id, score = self._items[index]
-        image = cv2.cvtColor(read_image(self.dataset.image_path(img)), cv2.COLOR_BGR2RGB)
-        sample = self.transform(image, keypoints, box, self.rng(index))
+        try:
+            image = self.load_image(img)
+            sample = self.transform(image, keypoints, box, self.rng(index))
+        except DataError:
+            raise
+        except PosenasError as e:  # as DataError: one line also when a DataLoader worker raised it
+            raise DataError(str(e)) from None
         target, weight = self.codec.encode(sample.keypoints)
         return {
             "image": torch.from_numpy(normalize_image(sample.crop)),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -59,15 +60,22 @@ class OptimConfig:
     milestones: tuple[int, ...] = ()  # epochs at which the step schedule multiplies lr by gamma
     gamma: float = 0.1
 
+    #: Above this a learning rate is a typo (1e39), not a schedule: no optimiser here trains with it.
+    MAX_LR = 10.0
+
     def __post_init__(self) -> None:
-        if not self.lr > 0:
-            raise PosenasError(f"config.optim.lr: must be > 0, got {self.lr}")
-        if self.weight_decay < 0:
-            raise PosenasError(f"config.optim.weight_decay: must be >= 0, got {self.weight_decay}")
+        if not (math.isfinite(self.lr) and 0 < self.lr <= self.MAX_LR):
+            raise PosenasError(f"config.optim.lr: must be a number in (0, {self.MAX_LR:g}], got {self.lr}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise PosenasError(f"config.optim.weight_decay: must be >= 0 and finite, got {self.weight_decay}")
         if self.warmup_steps < 0:
             raise PosenasError(f"config.optim.warmup_steps: must be >= 0, got {self.warmup_steps}")
         if not 0 <= self.momentum < 1:
             raise PosenasError(f"config.optim.momentum: must be in [0, 1), got {self.momentum}")
+        if not 0 < self.gamma <= 1:
+            raise PosenasError(f"config.optim.gamma: must be in (0, 1] (the step schedule's lr factor), got {self.gamma}")
+        if any(m < 0 for m in self.milestones):
+            raise PosenasError(f"config.optim.milestones: epochs must be >= 0, got {list(self.milestones)}")
 
 
 @dataclass(frozen=True)
@@ -82,6 +90,9 @@ class TrainConfig:
     log_every: int = 10  # steps between metric lines
     checkpoint_every: int = 200  # steps between mid-epoch checkpoints (0: epoch ends only)
     init_from: str | None = None  # start from this checkpoint's weights (same arch, or a supernet to inherit from)
+    # stop when a step's loss exceeds this many times the run's running level (the lowest median
+    # of 50 step losses so far), as for a NaN loss; null: off (see engine/train.py _Divergence)
+    divergence_factor: float | None = 1000.0
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -96,6 +107,10 @@ class TrainConfig:
                 raise PosenasError(f"config.train.{name}: must be >= 0, got {getattr(self, name)}")
         if self.threads is not None and self.threads < 1:
             raise PosenasError(f"config.train.threads: must be >= 1 (or null), got {self.threads}")
+        if self.divergence_factor is not None and not (math.isfinite(self.divergence_factor)
+                                                       and self.divergence_factor > 1):
+            raise PosenasError(f"config.train.divergence_factor: must be > 1 and finite (or null: off), "
+                               f"got {self.divergence_factor}")
 
 
 @dataclass(frozen=True)

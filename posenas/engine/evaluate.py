@@ -24,6 +24,7 @@ def evaluate_checkpoint(
     split: str | None = None,
     flip_test: bool = False,
     boxes: str | Path | None = None,
+    headboxes: str | Path | None = None,
     metric: str | None = None,
     device: str = "auto",
     runtime: str = "torch",
@@ -33,10 +34,13 @@ def evaluate_checkpoint(
 ) -> tuple[str, dict, str, list[InstancePrediction]]:
     """Predict and score; writes ``predictions.json``, ``metrics.json`` and ``metrics.txt`` into ``out``.
 
+    ``headboxes``: MPII's ground-truth .mat for MPII JSON without head boxes (PCKh needs
+    them). ``predictions.json`` is in the frame of ``data``'s annotation files (MPII:
+    1-based), so ``posenas eval --gt data --pred predictions.json`` gives the same numbers.
     Returns (metric, result, printable table, predictions).
     """
     loaded = load_model(checkpoint, runtime)
-    dataset = load_dataset(data, split)
+    dataset = load_dataset(data, split, headboxes=headboxes)
     if dataset.schema != loaded.schema:
         raise PosenasError(
             f"{checkpoint}: the model predicts {loaded.schema.name} joints but {dataset.source} is {dataset.schema.name}"
@@ -55,6 +59,7 @@ def evaluate_checkpoint(
     out = Path(out)
     write_json(out / "predictions.json", prediction_records(preds, metric))
     write_json(out / "metrics.json", {"metric": metric, "runtime": runtime, "flip_test": flip_test,
-                                      "boxes": str(boxes) if boxes else "gt", **result}, indent=2)
+                                      "boxes": str(boxes) if boxes else "gt",
+                                      **({"headboxes": str(headboxes)} if headboxes else {}), **result}, indent=2)
     write_text(out / "metrics.txt", table + "\n")
     return metric, result, table, preds

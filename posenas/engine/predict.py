@@ -19,7 +19,7 @@ from posenas.codecs.heatmap import HeatmapCodec, back_project, flip_back, instan
 from posenas.data.records import PoseDataset
 from posenas.data.topdown import TopDownDataset
 from posenas.data.boxes import Detection
-from posenas.evaluation import default_metric, score
+from posenas.evaluation import default_metric, evaluate_records
 
 
 #: The number that ranks models, per metric: its path in the result dict and its name.
@@ -36,13 +36,16 @@ def primary_value(metric: str, result: dict) -> float:
 
 @dataclass
 class InstancePrediction:
-    """One person: keypoints ``(K, 3)`` as ``x, y, score`` in image pixels, the instance score, the input box."""
+    """One person: keypoints ``(K, 3)`` as ``x, y, score`` in image pixels (0-based, like the
+    records), the instance score, the input box; ``file_origin``: the frame of the predicted
+    dataset's files (MPII: 1), which the predictions file is written in."""
 
     image_id: int
     person_id: int
     keypoints: np.ndarray
     score: float
     box: np.ndarray
+    file_origin: float = 0.0
 
 
 def heatmaps_with_flip(model: nn.Module, images: torch.Tensor, flip_index: tuple[int, ...], flip_test: bool) -> torch.Tensor:
@@ -83,7 +86,8 @@ def predict(
         boxes = batch["box"].numpy()
         for i in range(len(coords)):
             kp = np.concatenate([image_xy[i], maxvals[i][:, None]], axis=1).astype(np.float32)
-            out.append(InstancePrediction(int(batch["image_id"][i]), int(batch["person_id"][i]), kp, float(scores[i]), boxes[i]))
+            out.append(InstancePrediction(int(batch["image_id"][i]), int(batch["person_id"][i]), kp, float(scores[i]),
+                                          boxes[i], data.dataset.file_origin))
     model.train(was_training)
     return out
 
@@ -96,13 +100,20 @@ def by_image(preds: list[InstancePrediction]) -> dict[int, list[InstancePredicti
     return out
 
 
+def _file_keypoints(p: InstancePrediction) -> np.ndarray:
+    """The keypoints in the frame of the dataset's files (MPII: 1-based)."""
+    kp = p.keypoints.astype(np.float64)
+    kp[:, :2] += p.file_origin
+    return kp
+
+
 def coco_results(preds: list[InstancePrediction]) -> list[dict]:
-    """COCO keypoint results (``image_id, category_id, keypoints, score``)."""
+    """COCO keypoint results (``image_id, category_id, keypoints, score``), in the annotation file's frame."""
     return [
         {
             "image_id": p.image_id,
             "category_id": 1,
-            "keypoints": [round(float(v), 3) for v in p.keypoints.reshape(-1)],
+            "keypoints": [round(float(v), 3) for v in _file_keypoints(p).reshape(-1)],
             "score": round(p.score, 5),
         }
         for p in preds
@@ -110,8 +121,9 @@ def coco_results(preds: list[InstancePrediction]) -> list[dict]:
 
 
 def pckh_records(preds: list[InstancePrediction]) -> list[dict]:
-    """PCKh prediction records (``id``: the GT person id, ``keypoints``: ``[[x, y, score], ...]``)."""
-    return [{"id": p.person_id, "keypoints": [[round(float(v), 3) for v in row] for row in p.keypoints]} for p in preds]
+    """PCKh prediction records (``id``: the GT person id, ``keypoints``: ``[[x, y, score], ...]``), in the file frame."""
+    return [{"id": p.person_id, "keypoints": [[round(float(v), 3) for v in row] for row in _file_keypoints(p)]}
+            for p in preds]
 
 
 def predict_dataset(
@@ -133,7 +145,12 @@ def predict_dataset(
 
 
 def prediction_records(preds: list[InstancePrediction], metric: str) -> list[dict]:
-    """The predictions file of a metric: COCO results for ``coco``, PCKh records for ``pckh``."""
+    """The predictions file of a metric: COCO results for ``coco``, PCKh records for ``pckh``.
+
+    Coordinates are in the frame of the predicted dataset's annotation files (MPII:
+    MATLAB 1-based, as the official toolkit and MMPose compare), so ``posenas eval --gt
+    ... --pred`` on the file gives the numbers of the run that wrote it.
+    """
     return coco_results(preds) if metric == "coco" else pckh_records(preds)
 
 
@@ -145,11 +162,12 @@ def evaluate_model(
     metric: str | None = None,
     **predict_options,
 ) -> tuple[str, dict, str, list[InstancePrediction]]:
-    """Predict ``dataset`` (options as :func:`predict_dataset`) and score it: (metric, result, table, predictions)."""
+    """Predict ``dataset`` (options as :func:`predict_dataset`) and score it: (metric, result, table, predictions).
+
+    The score is that of :func:`prediction_records` (rounded as written, in the file frame),
+    so a written predictions file re-evaluates to exactly these numbers.
+    """
     metric = metric or default_metric(dataset)
     preds = predict_dataset(model, dataset, codec, device, **predict_options)
-    if metric == "pckh":
-        result, table = score(dataset, metric, {p.person_id: p.keypoints.astype(np.float64) for p in preds})
-    else:
-        result, table = score(dataset, metric, coco_results(preds))
+    _, result, table = evaluate_records(dataset, prediction_records(preds, metric), metric)
     return metric, result, table, preds

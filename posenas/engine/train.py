@@ -12,14 +12,16 @@ Run directory: ``config.yaml`` (resolved), ``metrics.jsonl`` (one JSON object a 
 
 from __future__ import annotations
 
-import json
+import functools
 import math
+import os
 import signal
+import statistics
 import threading
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import torch
 from torch import nn
@@ -30,46 +32,97 @@ from tqdm import tqdm
 from posenas.arch import arch_from_json, build_model, load_arch_file, named_arch
 from posenas.checkpoint import check_heatmap_size, load_checkpoint, load_weights, save_checkpoint
 from posenas.codecs.heatmap import HeatmapCodec
-from posenas.config import to_dict, write_yaml
+from posenas.config import open_run_dir, to_dict, write_yaml
 from posenas.data.layout import load_dataset
 from posenas.data.records import PoseDataset
-from posenas.data.topdown import TopDownDataset
+from posenas.data.topdown import TopDownDataset, worker_errors_released
 from posenas.engine.config import ExperimentConfig, ModelConfig, OptimConfig
 from posenas.engine.distributed import World, close_world, init_world
 from posenas.engine.predict import evaluate_model, prediction_records, primary_value
 from posenas.errors import PosenasError
-from posenas.jsonio import read_json, read_jsonl, write_json, write_text
+from posenas.jsonio import JsonlLog, read_json, write_json, write_text
+from posenas.resources import resolve_config
 
 class Interrupted(Exception):
-    """Raised after a clean stop (Ctrl-C, SIGTERM or ``stop_at_step``) once the checkpoint is written."""
+    """Raised after a clean stop (Ctrl-C, SIGTERM or ``stop_at_step``) once the checkpoint is
+    written. The message names no command: the CLI adds the one that continues (``posenas
+    train --resume`` or ``posenas search --resume``)."""
+
+    def __init__(self, step: int, run_dir: Path):
+        super().__init__(step, run_dir)  # args that rebuild it (pickling)
+        self.step, self.run_dir = step, run_dir
+
+    def __str__(self) -> str:
+        return f"stopped at step {self.step}; checkpoint written in {self.run_dir}"
 
 
-class _StopRequest:
-    """SIGINT / SIGTERM only set a flag; the loop stops at the next step boundary.
+class _Signals:
+    """Installs ``handler`` for SIGINT and SIGTERM while active (main thread only), restoring the
+    previous handlers after. Installed whatever the previous one was: a process started with
+    SIGINT ignored (a script without job control) gets no KeyboardInterrupt handler from Python,
+    and a Ctrl-C or ``kill -INT`` would otherwise do nothing."""
 
-    Stopping between steps keeps the checkpoint consistent (weights, optimiser, scheduler
-    and step all agree). A second Ctrl-C raises KeyboardInterrupt at once (the last
-    checkpoint written stays the one to resume from).
-    """
-
-    def __init__(self) -> None:
-        self.requested = False
+    def __init__(self, handler: Callable[[int, Any], None]):
+        self.handler = handler
         self._previous: dict[int, Any] = {}
 
-    def _handle(self, signum, frame) -> None:
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __enter__(self) -> "_StopRequest":
+    def __enter__(self):
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
+                self._previous[sig] = signal.signal(sig, self.handler)
         return self
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def interruptible(run: _F) -> _F:
+    """For a long command's entry (each search): SIGINT and SIGTERM raise KeyboardInterrupt in
+    every phase (cost tables, BN re-calibration, candidate evaluation, export), also when the
+    process started with SIGINT ignored; training inside it stops at a step boundary instead
+    (:class:`_StopRequest`). Every phase's output is written atomically or appended a line at
+    a time, so ``--resume`` continues from where it stopped."""
+
+    @functools.wraps(run)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with _Signals(_raise_interrupt):
+            return run(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+class _StopRequest(_Signals):
+    """SIGINT / SIGTERM only set a flag; the loop stops at the next step boundary.
+
+    Stopping between steps keeps the checkpoint consistent (weights, optimiser, scheduler
+    and step all agree). A second Ctrl-C raises KeyboardInterrupt at once (the last
+    checkpoint written stays the one to resume from), and so does any after
+    :meth:`immediate` (the final validation: its checkpoint is written, ``--resume`` redoes it).
+    """
+
+    def __init__(self) -> None:
+        super().__init__(self._handle)
+        self.requested = False
+        self._immediate = False
+
+    def _handle(self, signum, frame) -> None:
+        if self._immediate or (self.requested and signum == signal.SIGINT):
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def immediate(self) -> None:
+        """From now on a signal raises KeyboardInterrupt; one that came already raises it here."""
+        self._immediate = True
+        if self.requested:
+            raise KeyboardInterrupt
 
 
 def _ignore_sigint(_worker_id: int) -> None:
@@ -80,8 +133,8 @@ def _ignore_sigint(_worker_id: int) -> None:
 def resolve_arch(model: ModelConfig) -> Any:
     if model.arch is not None:
         return arch_from_json(model.arch, "config.model.arch")
-    if model.arch_file is not None:
-        return load_arch_file(model.arch_file)
+    if model.arch_file is not None:  # a path, or a shipped name such as vipnas/s-vipnas-res50
+        return load_arch_file(resolve_config(model.arch_file, "arch"))
     try:
         return named_arch(model.name)
     except PosenasError as e:
@@ -196,19 +249,64 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 class _Metrics:
     """``metrics.jsonl``, appended by the main process; a resumed run first drops the lines
-    after its checkpoint's step (they are redone), a fresh run starts it empty."""
+    after its checkpoint's step (they are redone) and a torn last line, a fresh run starts it empty."""
 
     def __init__(self, path: Path, enabled: bool, resume_step: int | None):
-        self.path, self.enabled = path, enabled
-        if not enabled:
-            return
-        kept = [r for r in read_jsonl(path) if r.get("step", 0) <= resume_step] if resume_step is not None and path.exists() else []
-        write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+        self.log: JsonlLog | None = None
+        if enabled and resume_step is None:
+            self.log = JsonlLog(path, fresh=True)
+        elif enabled:
+            self.log = JsonlLog(path, keep=lambda r: isinstance(r, dict) and r.get("step", 0) <= resume_step)
 
     def write(self, **record: Any) -> None:
-        if self.enabled:
-            with self.path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
+        if self.log is not None:
+            self.log.append(record)
+
+
+class _Divergence:
+    """Stops a run whose loss explodes without (yet) becoming NaN: Adam at a huge lr takes the
+    loss from 7e-3 to 1e26 in a few steps, and a run that "succeeds" that way is silent damage.
+
+    The rule: a step's loss above ``factor`` (``train.divergence_factor``, default 1000) x the
+    run's level, the lowest median of the last :data:`WINDOW` step losses reached so far. It is
+    checked from the second step on, so an explosion in the first steps is caught before it
+    fills the window (a plain running median would then follow it up); the lowest median, not
+    the current one, also catches a loss that climbs slowly. Why it never fires on a healthy
+    run of our configs: the loss is a target-weighted MSE of heatmaps in [0, 1] (sums of such
+    terms for the sandwich rule), which starts near 0.5 x the mean squared target (predicting
+    zeros) and falls; over whole runs of every config in docs/benchmarks.md its window means
+    stay within 3x of each other (e.g. 3.2e-3 .. 6.0e-3), and a single batch (a few people)
+    varies by a few x more at most, while 1000x the level means the weights are gone (Adam at
+    lr 10: 7.7e-3 -> 1.1e4 at step 2). ``factor`` None turns it off.
+    """
+
+    WINDOW = 50
+
+    def __init__(self, factor: float | None, state: dict | None = None):
+        self.factor = factor
+        self.recent: list[float] = [float(v) for v in (state or {}).get("recent", [])]
+        self.level: float | None = (state or {}).get("level")
+
+    def check(self, loss: float) -> float | None:
+        """The level ``loss`` exceeds by more than ``factor`` (None: fine); then records ``loss``."""
+        if self.factor is not None and self.level is not None and loss > self.factor * self.level:
+            return self.level
+        self.recent = (self.recent + [loss])[-self.WINDOW:]
+        median = statistics.median(self.recent)
+        if median > 0:
+            self.level = median if self.level is None else min(self.level, median)
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"recent": list(self.recent), "level": self.level}
+
+
+def _grad_norm(optimizer: torch.optim.Optimizer) -> torch.Tensor:
+    """The total 2-norm of the gradients the optimiser is about to apply."""
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    return torch.nn.utils.get_total_norm(grads, error_if_nonfinite=False)
 
 
 def run_length(cfg: ExperimentConfig, steps_per_epoch: int) -> int:
@@ -222,7 +320,8 @@ def _layout(world: World, cfg: ExperimentConfig, steps_per_epoch: int) -> dict[s
     return {"world_size": world.size, "batch_size": cfg.data.batch_size, "steps_per_epoch": steps_per_epoch}
 
 
-def _payload(model, objective, schema_name, codec, cfg, optimizer, scheduler, step, best, layout, metrics) -> dict:
+def _payload(model, objective, schema_name, codec, cfg, optimizer, scheduler, step, best, layout, metrics,
+             seconds: float, divergence: dict) -> dict:
     return {
         **objective.checkpoint_fields(),
         "schema": schema_name,
@@ -238,6 +337,8 @@ def _payload(model, objective, schema_name, codec, cfg, optimizer, scheduler, st
             "layout": layout,
             "torch_rng": torch.get_rng_state(),
             "objective": objective.state_dict(),
+            "seconds": seconds,  # training time so far: metrics.jsonl's "seconds" goes on across resumes
+            "divergence": divergence,
         },
         "metrics": metrics,
     }
@@ -256,8 +357,9 @@ def validate(model, cfg: ExperimentConfig, val: PoseDataset, codec: HeatmapCodec
     """Predict the val split on GT boxes; returns (metric, result, table, predictions)."""
     if cfg.data.val_max_images is not None:
         val = replace(val, images=val.images[: cfg.data.val_max_images])
-    return evaluate_model(_unwrap(model), val, codec, world.device, flip_test=cfg.train.flip_test,
-                          batch_size=cfg.data.batch_size * 2, workers=cfg.data.workers, progress=progress)
+    with worker_errors_released():
+        return evaluate_model(_unwrap(model), val, codec, world.device, flip_test=cfg.train.flip_test,
+                              batch_size=cfg.data.batch_size * 2, workers=cfg.data.workers, progress=progress)
 
 
 def train(
@@ -277,10 +379,9 @@ def train(
     """
     run_dir = Path(run_dir)
     last = run_dir / "checkpoints" / "last.pt"
-    if resume and not last.is_file():
-        raise PosenasError(f"{run_dir}: nothing to resume (no checkpoints/last.pt)")
-    if not resume and last.exists():
-        raise PosenasError(f"{run_dir}: holds a run already; pass --resume to continue it or choose another --out")
+    if int(os.environ.get("RANK", "0")) == 0:  # the other ranks may look after rank 0 wrote
+        open_run_dir(run_dir, to_dict(cfg), resume, leftovers=("metrics.jsonl",), write=False)
+    resume = resume and last.is_file()  # a run stopped before its first checkpoint starts over
     world = init_world(cfg.train.device)
     try:
         with _StopRequest() as stop:
@@ -298,8 +399,35 @@ def _final_done(run_dir: Path, step: int) -> bool:
     return isinstance(results, dict) and results.get("steps") == step
 
 
+def _remove_run_start(run_dir: Path) -> None:
+    """What a new run wrote before it failed, when it never reached a checkpoint: nothing in it
+    could be resumed, and a folder left holding its config would refuse the corrected retry."""
+    for name in ("config.yaml", "metrics.jsonl", "checkpoints/best.pt"):
+        (run_dir / name).unlink(missing_ok=True)
+    for folder in (run_dir / "checkpoints", run_dir):
+        try:
+            folder.rmdir()  # only if empty
+        except OSError:
+            pass
+
+
+def _divergence(loss: float, grad_norm: float, detector: _Divergence) -> str | None:
+    """What is wrong with a step's loss and gradient norm (None: nothing)."""
+    if not math.isfinite(loss):
+        return f"loss is {loss}"
+    if not math.isfinite(grad_norm):
+        return f"gradient norm is {grad_norm} (loss {loss:.4g})"
+    level = detector.check(loss)
+    if level is not None:
+        return (f"loss is {loss:.4g} (more than {detector.factor:g}x its running level {level:.4g}, "
+                "train.divergence_factor)")
+    return None
+
+
 def _train(cfg, run_dir, last, resume, progress, stop_at_step, world: World, stop: _StopRequest,
            objective: Objective) -> dict:
+    # Everything that can be checked is checked before the run folder is written to: a bad
+    # config, dataset or model leaves nothing behind.
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     train_set = load_dataset(cfg.data.root, cfg.data.train_split)
@@ -307,9 +435,6 @@ def _train(cfg, run_dir, last, resume, progress, stop_at_step, world: World, sto
     if train_set.schema != val_set.schema:
         raise PosenasError(f"{cfg.data.root}: train and val splits use different keypoint schemas")
     schema, codec = train_set.schema, make_codec(cfg)
-    if world.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_yaml(run_dir / "config.yaml", to_dict(cfg))
 
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     model = objective.build(schema.num_joints).to(world.device)
@@ -331,7 +456,7 @@ def _train(cfg, run_dir, last, resume, progress, stop_at_step, world: World, sto
     optimizer = make_optimizer(objective.parameters(model), cfg.optim)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.optim, steps_per_epoch, total_steps))
 
-    step, best = 0, float("-inf")
+    step, best, elapsed, divergence = 0, float("-inf"), 0.0, None
     if resume:
         state = load_checkpoint(last)
         ts = state.get("train_state")
@@ -351,16 +476,23 @@ def _train(cfg, run_dir, last, resume, progress, stop_at_step, world: World, sto
             step, best = int(ts["step"]), float(ts["best"])
             torch.set_rng_state(ts["torch_rng"])
             objective.load_state_dict(ts.get("objective", {}))
+            elapsed, divergence = float(ts.get("seconds", 0.0)), ts.get("divergence")
         except (KeyError, ValueError, TypeError, RuntimeError) as e:
             raise PosenasError(f"{last}: training state does not fit this run: {str(e).splitlines()[0]}") from None
     if world.size > 1 and objective.ddp:
         model = DistributedDataParallel(model, device_ids=[world.device.index] if world.device.type == "cuda" else None)
+    if world.is_main and not resume:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_yaml(run_dir / "config.yaml", to_dict(cfg))
     metrics = _Metrics(run_dir / "metrics.jsonl", world.is_main, step if resume else None)
+    started = time.perf_counter() - elapsed  # seconds go on across resumes
+    detector = _Divergence(cfg.train.divergence_factor, divergence)
 
     def checkpoint(extra: dict | None = None, name: str = "last.pt") -> None:
         if world.is_main:
             save_checkpoint(run_dir / "checkpoints" / name,
-                            _payload(model, objective, schema.name, codec, cfg, optimizer, scheduler, step, best, layout, extra))
+                            _payload(model, objective, schema.name, codec, cfg, optimizer, scheduler, step, best, layout,
+                                     extra, time.perf_counter() - started, detector.state_dict()))
 
     def record_validation(epoch: int, final: bool) -> dict:
         nonlocal best
@@ -382,7 +514,6 @@ def _train(cfg, run_dir, last, resume, progress, stop_at_step, world: World, sto
 
     bar = tqdm(total=total_steps, initial=step, desc="training", unit="step", disable=not (progress and world.is_main))
     result: dict = {}
-    started = time.perf_counter()
     model.train()
     try:
         while step < total_steps:
@@ -395,30 +526,37 @@ def _train(cfg, run_dir, last, resume, progress, stop_at_step, world: World, sto
             loader = DataLoader(Subset(train_data, order), batch_size=cfg.data.batch_size, drop_last=True,
                                 num_workers=cfg.data.workers, shuffle=False, worker_init_fn=_ignore_sigint,
                                 generator=torch.Generator().manual_seed(cfg.train.seed * 100003 + epoch))
-            for batch in loader:
-                images = batch["image"].to(world.device, non_blocking=True)
-                target = batch["target"].to(world.device, non_blocking=True)
-                weight = batch["target_weight"].to(world.device, non_blocking=True)
-                optimizer.zero_grad(set_to_none=True)
-                loss = objective.step(model, images, target, weight, step, world)
-                if world.any_true(not bool(torch.isfinite(loss))):
-                    raise PosenasError(
-                        f"training diverged: loss is {loss.item()} at step {step + 1} (epoch {epoch}); stopped. "
-                        f"The last good checkpoint is {last if last.exists() else 'not written yet'}"
-                    )
-                optimizer.step()
-                scheduler.step()
-                step += 1
-                bar.update(1)
-                if step % cfg.train.log_every == 0 or step == total_steps:
-                    lr = optimizer.param_groups[0]["lr"]
-                    metrics.write(step=step, epoch=epoch, loss=loss.item(), lr=lr,
-                                  seconds=round(time.perf_counter() - started, 2), **objective.log_fields(model))
-                    bar.set_postfix(loss=f"{loss.item():.2e}", lr=f"{lr:.1e}")
-                if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0:
-                    checkpoint()
-                if step >= total_steps or stop_requested():
-                    break
+            with worker_errors_released():  # a bad image in a worker: one line, workers freed at once
+                for batch in loader:
+                    images = batch["image"].to(world.device, non_blocking=True)
+                    target = batch["target"].to(world.device, non_blocking=True)
+                    weight = batch["target_weight"].to(world.device, non_blocking=True)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss = objective.step(model, images, target, weight, step, world)
+                    # one device sync for both numbers
+                    loss_value, grad_norm = torch.stack([loss.detach().float().reshape(()),
+                                                         _grad_norm(optimizer).to(loss.device).float()]).tolist()
+                    problem = _divergence(loss_value, grad_norm, detector)
+                    if world.any_true(problem is not None):
+                        raise PosenasError(
+                            f"training diverged: {problem or 'on another process'} at step {step + 1} (epoch {epoch}); "
+                            f"stopped. " + (f"The last good checkpoint is {last}; lower optim.lr and train from it or "
+                                            "from scratch" if last.exists() else "No checkpoint was written yet; try a "
+                                            "lower optim.lr")
+                        )
+                    optimizer.step()
+                    scheduler.step()
+                    step += 1
+                    bar.update(1)
+                    if step % cfg.train.log_every == 0 or step == total_steps:
+                        lr = optimizer.param_groups[0]["lr"]
+                        metrics.write(step=step, epoch=epoch, loss=loss_value, lr=lr,
+                                      seconds=round(time.perf_counter() - started, 2), **objective.log_fields(model))
+                        bar.set_postfix(loss=f"{loss_value:.2e}", lr=f"{lr:.1e}")
+                    if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0:
+                        checkpoint()
+                    if step >= total_steps or stop_requested():
+                        break
             if step % steps_per_epoch == 0 or step >= total_steps:
                 due = cfg.train.val_every and (epoch + 1) % cfg.train.val_every == 0
                 if world.is_main and due and step < total_steps:
@@ -426,12 +564,17 @@ def _train(cfg, run_dir, last, resume, progress, stop_at_step, world: World, sto
                 world.barrier()
             checkpoint()
             if step < total_steps and stop_requested():
-                raise Interrupted(f"stopped at step {step}; checkpoint written, continue with --resume --out {run_dir}")
+                raise Interrupted(step, run_dir)
         # The final validation runs after the loop, so that a run stopped during it (its
-        # last checkpoint already at total_steps) does it on --resume.
+        # last checkpoint already at total_steps) does it on --resume; a Ctrl-C now stops at once.
         if world.is_main and not _final_done(run_dir, step):
+            stop.immediate()
             result = record_validation((step - 1) // steps_per_epoch, final=True)
         world.barrier()
+    except BaseException:
+        if world.is_main and not resume and not last.exists():
+            _remove_run_start(run_dir)
+        raise
     finally:
         bar.close()
     return result

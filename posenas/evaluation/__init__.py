@@ -4,22 +4,26 @@ from pathlib import Path
 
 from posenas.data.records import PoseDataset
 from posenas.errors import PosenasError
+from posenas.jsonio import read_json
 
 from posenas.evaluation.coco import (
     COCO_METRIC_KEYS,
     coco_ground_truth,
+    coco_predictions,
     evaluate_coco,
     format_coco_table,
     load_coco_predictions,
 )
-from posenas.evaluation.pckh import PCKH_ROWS, format_pckh_table, load_pckh_predictions, pckh
+from posenas.evaluation.pckh import PCKH_ROWS, format_pckh_table, load_pckh_predictions, pckh, pckh_predictions
 
 __all__ = [
     "COCO_METRIC_KEYS",
     "PCKH_ROWS",
     "coco_ground_truth",
+    "coco_predictions",
     "default_metric",
     "evaluate_file",
+    "evaluate_records",
     "score",
     "evaluate_coco",
     "format_coco_table",
@@ -27,6 +31,7 @@ __all__ = [
     "load_coco_predictions",
     "load_pckh_predictions",
     "pckh",
+    "pckh_predictions",
 ]
 
 
@@ -47,8 +52,18 @@ def score(dataset: PoseDataset, metric: str, predictions) -> tuple[dict, str]:
     raise PosenasError(f"unknown metric {metric!r}; allowed: coco, pckh")
 
 
+def evaluate_records(dataset: PoseDataset, records: object, metric: str | None = None,
+                     where: str = "predictions") -> tuple[str, dict, str]:
+    """Score a predictions file's content (file frame, see :attr:`PoseDataset.file_origin`):
+    (metric, result dict, printable table). Runs that write a predictions file score it
+    through here, so that the file evaluates to exactly the numbers they report."""
+    metric = metric or default_metric(dataset)
+    if metric not in ("coco", "pckh"):
+        raise PosenasError(f"unknown metric {metric!r}; allowed: coco, pckh")
+    parse = coco_predictions if metric == "coco" else pckh_predictions
+    return (metric, *score(dataset, metric, parse(records, dataset, where)))
+
+
 def evaluate_file(dataset: PoseDataset, pred_path: Path, metric: str | None = None) -> tuple[str, dict, str]:
     """Evaluate a predictions file: returns (metric, result dict, printable table)."""
-    metric = metric or default_metric(dataset)
-    load = load_coco_predictions if metric == "coco" else load_pckh_predictions
-    return (metric, *score(dataset, metric, load(pred_path, dataset)))
+    return evaluate_records(dataset, read_json(pred_path), metric, str(pred_path))

@@ -18,6 +18,16 @@ Choices where the COCO tools leave room (all written down here, and tested):
   predictions on them are accepted by the loader (the image exists in the dataset) but
   dropped before evaluation, so a model may simply be run on every frame. Labelled images
   with no people stay in: a detection there is a false positive, as in COCO.
+* **Crowds and people without joints.** They reach pycocotools as they are: crowd
+  regions with ``iscrowd`` 1 (a detection there is ignored, however many there are) and
+  non-crowd people with ``num_keypoints`` 0 (ignored ground truth: a detection matched to
+  one neither helps nor hurts), each with its ``bbox``, as COCOeval expects. A person with
+  no labelled joint *and* no bbox (PoseTrack18 writes such head-box-only people) gives
+  COCOeval nothing to match and is left out; a person with labelled joints but no bbox is
+  an error.
+* **Coordinates.** In-memory results are in the records' 0-based frame; a results *file*
+  is in the frame of the annotation file (:attr:`PoseDataset.file_origin`; 0 for COCO and
+  PoseTrack, so files and records agree).
 * **Annotation ids.** The ground-truth annotation ids are the ``Person.id`` s, unless they
   are not unique or one of them is 0. pycocotools marks a detection as matched by storing
   the matched ground-truth *id* and tests it for non-zero, so a ground truth with id 0
@@ -78,23 +88,23 @@ def coco_ground_truth(dataset: PoseDataset) -> dict:
     """The dataset as a COCO keypoint ground-truth dict (``images``, ``annotations``, ``categories``).
 
     Works for any dataset whose people have a ``bbox`` (COCO, PoseTrack). Only labelled
-    images are included (see the module notes). Each annotation has ``id``, ``image_id``,
-    ``category_id`` (1), ``keypoints`` (flat ``3K`` list), ``num_keypoints`` (joints with
-    ``v > 0``), ``bbox`` (``x, y, w, h``), ``area`` (``Person.area`` if set, else ``w * h``)
-    and ``iscrowd`` (0/1). The category carries the schema's joint names and its skeleton
+    images are included, and people with neither joints nor bbox are left out (see the
+    module notes). Each annotation has ``id``, ``image_id``, ``category_id`` (1),
+    ``keypoints`` (flat ``3K`` list), ``num_keypoints`` (joints with ``v > 0``), ``bbox``
+    (``x, y, w, h``), ``area`` (``Person.area`` if set, else ``w * h``) and ``iscrowd`` (0/1). The category carries the schema's joint names and its skeleton
     as 1-based index pairs, COCO's convention. All values are plain Python types, so the
     dict can be written with ``json.dump``.
     """
     check_unique([img.id for img in dataset.images], dataset.source, "images")
     images = _evaluated_images(dataset)
-    for img in images:
-        for person in img.people:
-            if person.bbox is None:
-                raise PosenasError(
-                    f"{dataset.source}: image {img.id}, person {person.id}: no bbox; "
-                    "COCO keypoint evaluation needs an x, y, w, h box for every person"
-                )
-    annotations = [annotation_dict(p, img.id, decimals=None) for img in images for p in img.people]
+    people = [(img, p) for img in images for p in img.people if p.bbox is not None or p.num_labelled > 0]
+    for img, person in people:
+        if person.bbox is None:
+            raise PosenasError(
+                f"{dataset.source}: image {img.id}, person {person.id}: no bbox; "
+                "COCO keypoint evaluation needs an x, y, w, h box for every person with labelled joints"
+            )
+    annotations = [annotation_dict(p, img.id, decimals=None) for img, p in people]
     ids = [a["id"] for a in annotations]
     if len(set(ids)) != len(ids) or 0 in ids:
         for n, ann in enumerate(annotations, start=1):
@@ -106,8 +116,9 @@ def coco_ground_truth(dataset: PoseDataset) -> dict:
     }
 
 
-def _validate_predictions(items: Any, dataset: PoseDataset, where: str) -> list[dict]:
-    """Check a COCO results list against the dataset; return clean copies of the entries."""
+def _validate_predictions(items: Any, dataset: PoseDataset, where: str, origin: float = 0.0) -> list[dict]:
+    """Check a COCO results list against the dataset; return clean copies of the entries,
+    with ``origin`` (the file's frame) subtracted from x and y."""
     if not isinstance(items, list):
         raise PosenasError(
             f"{where}: expected a JSON list of results "
@@ -155,7 +166,7 @@ def _validate_predictions(items: Any, dataset: PoseDataset, where: str) -> list[
             {
                 "image_id": int(image_id),
                 "category_id": PERSON_CATEGORY_ID,
-                "keypoints": [float(v) for v in kps],
+                "keypoints": [float(v) - origin if j % 3 != 2 else float(v) for j, v in enumerate(kps)],
                 "score": float(score),
             }
         )
@@ -168,9 +179,15 @@ def load_coco_predictions(path: str | os.PathLike, dataset: PoseDataset) -> list
     The file is a JSON list of ``{"image_id", "category_id": 1, "keypoints": [x, y, score] * K,
     "score"}``; an empty list is valid. Every problem is a one-line
     :class:`PosenasError` naming the file, the record index and the field. Returns clean
-    copies holding just those four fields (numbers as Python floats / ints).
+    copies holding just those four fields (numbers as Python floats / ints), in the records'
+    0-based frame.
     """
-    return _validate_predictions(read_json(path), dataset, str(path))
+    return coco_predictions(read_json(path), dataset, str(path))
+
+
+def coco_predictions(items: Any, dataset: PoseDataset, where: str) -> list[dict]:
+    """A results file's content (in the annotation file's frame) as validated in-memory results (0-based)."""
+    return _validate_predictions(items, dataset, where, dataset.file_origin)
 
 
 def _coco_object(dataset_dict: dict):

@@ -2,6 +2,11 @@
 
 * Every non-crowd :class:`~posenas.data.records.Person` with at least one labelled joint is one record,
   identified by ``Person.id`` (for MPII, the people of each image record are its records).
+  People on frames with ``is_labeled`` false (PoseTrack) are not records; predictions for
+  them are accepted and dropped.
+* Coordinates: in-memory predictions are in the records' 0-based frame; a predictions
+  *file* is in the annotation file's (MPII: MATLAB 1-based, as the official toolkit,
+  HRNet and MMPose compare; :attr:`PoseDataset.file_origin`).
 * Head size = 0.6 × the diagonal of the person's head box ``x1, y1, x2, y2`` (the
   benchmark's ``SC_BIAS``).
 * A joint is correct when its distance to the ground truth is ≤ threshold × head size
@@ -53,8 +58,21 @@ _ROW_JOINTS: dict[str, tuple[str, ...]] = {
 }
 
 
+def _unlabelled_frame_people(dataset: PoseDataset) -> set[int]:
+    """Ids of people on frames that are not evaluated (``is_labeled`` false)."""
+    return {p.id for img in dataset.images if not img.is_labeled for p in img.people}
+
+
+def _no_head_box_hint(dataset: PoseDataset) -> str:
+    if dataset.format == "mpii":
+        return ("MPII JSON as MMPose and HRNet ship it has none: --headboxes mpii_gt_val.mat "
+                "(MPII's ground truth, same records in the same order) provides them")
+    return "PoseTrack and COCO-style files give it as 'bbox_head' (x, y, w, h)"
+
+
 def _records(dataset: PoseDataset) -> list[Person]:
-    """The dataset's PCKh records (non-crowd people, dataset order), checked for the fields PCKh needs."""
+    """The dataset's PCKh records (non-crowd people on labelled frames, dataset order),
+    checked for the fields PCKh needs."""
     schema = dataset.schema
     needed = [j for joints in _ROW_JOINTS.values() for j in joints]
     missing = [j for j in needed if j not in schema.joints]
@@ -63,19 +81,22 @@ def _records(dataset: PoseDataset) -> list[Person]:
             f"{dataset.source}: PCKh needs the joints {', '.join(missing)}, which schema {schema.name} does not have"
         )
     # people with no labelled joint add nothing to any count (and top-down runs skip them)
-    people = [(img, p) for img in dataset.images for p in img.people if not p.iscrowd and p.num_labelled > 0]
+    people = [(img, p) for img in dataset.images if img.is_labeled
+              for p in img.people if not p.iscrowd and p.num_labelled > 0]
     if not people:
         raise PosenasError(f"{dataset.source}: no people to evaluate PCKh on")
     without = [(img, p) for img, p in people if p.head_box is None]
     if len(without) == len(people):
         raise PosenasError(
-            f"{dataset.source}: no head boxes (field 'head_box'); PCKh needs an MPII-style head box for every person"
+            f"{dataset.source}: no head boxes (field 'head_box'); PCKh needs an MPII-style head box for every person; "
+            + _no_head_box_hint(dataset)
         )
     if without:
         img, p = without[0]
         raise PosenasError(
             f"{dataset.source}: image {img.id}, person {p.id}: no head box (field 'head_box'); "
-            f"{len(without)} of {len(people)} people lack one, PCKh needs it for every person"
+            f"{len(without)} of {len(people)} people lack one, PCKh needs it for every person; "
+            + _no_head_box_hint(dataset)
         )
     seen: dict[int, int] = {}
     for img, p in people:
@@ -108,19 +129,25 @@ def load_pckh_predictions(path: str | os.PathLike, dataset: PoseDataset) -> dict
     """Read PCKh predictions: a JSON list of ``{"id": record id, "keypoints": [[x, y, score], ...]}``.
 
     ``keypoints`` has one entry per schema joint, each ``[x, y, score]`` or ``[x, y]``, in the
-    dataset's pixel coordinates (0-based, like the records). Returns ``{id: (K, 3) float64
-    array}``; the score column is 1.0 where the file gave only ``x, y`` (PCKh ignores it).
-    Errors name the file, the record index and the field: not a list, unknown or duplicate
-    id, wrong joint count, non-finite values, and predictions missing for some records.
+    pixel frame of the annotation file (MPII: 1-based, like its ``joints``). Returns ``{id:
+    (K, 3) float64 array}`` in the records' 0-based frame; the score column is 1.0 where
+    the file gave only ``x, y`` (PCKh ignores it). Errors name the file, the record index
+    and the field: not a list, unknown or duplicate id, wrong joint count, non-finite
+    values, and predictions missing for some records.
     """
-    where = str(path)
-    data = read_json(path)
+    return pckh_predictions(read_json(path), dataset, str(path))
+
+
+def pckh_predictions(data: object, dataset: PoseDataset, where: str) -> dict[int, np.ndarray]:
+    """A predictions file's content, checked as :func:`load_pckh_predictions` describes (``where`` names it)."""
     if not isinstance(data, list):
         raise PosenasError(f"{where}: expected a JSON list of {{\"id\", \"keypoints\"}} objects, got {type(data).__name__}")
     schema = dataset.schema
     k = schema.num_joints
     records = _records(dataset)
     known = {p.id for p in records}
+    dropped = _unlabelled_frame_people(dataset) - known
+    origin = dataset.file_origin
     out: dict[int, np.ndarray] = {}
     first_index: dict[int, int] = {}
     for i, item in enumerate(data):
@@ -133,7 +160,7 @@ def load_pckh_predictions(path: str | os.PathLike, dataset: PoseDataset) -> dict
         rid = item["id"]
         if not isinstance(rid, int) or isinstance(rid, bool):
             raise PosenasError(f"{rec}: field 'id' must be an integer record id, got {rid!r}")
-        if rid not in known:
+        if rid not in known and rid not in dropped:
             raise PosenasError(f"{rec}: field 'id': {rid} is not a record (person id) of {dataset.source}")
         if rid in first_index:
             raise PosenasError(f"{rec}: field 'id': {rid} already predicted by record {first_index[rid]}")
@@ -154,7 +181,9 @@ def load_pckh_predictions(path: str | os.PathLike, dataset: PoseDataset) -> dict
                 if not is_number(v) or not math.isfinite(v):
                     raise PosenasError(f"{rec}: {field} must hold finite numbers, got {entry!r}")
             arr[j, : len(entry)] = entry
-        out[rid] = arr
+        arr[:, :2] -= origin
+        if rid in known:
+            out[rid] = arr
     missing = [p.id for p in records if p.id not in out]
     if missing:
         raise PosenasError(
@@ -173,7 +202,7 @@ def pckh(
     predictions: dict[int, np.ndarray],
     thresholds: tuple[float, ...] = (0.5, 0.1),
 ) -> dict[str, dict[str, float | None]]:
-    """PCKh of ``predictions`` (``{record id: (K, 2 or 3) array}``) on ``dataset``.
+    """PCKh of ``predictions`` (``{record id: (K, 2 or 3) array}``, 0-based like the records) on ``dataset``.
 
     Returns ``{"PCKh@0.5": {row: percent}, "PCKh@0.1": {...}}`` with the rows of
     :data:`PCKH_ROWS`; a row is ``None`` when none of its joints is labelled anywhere
@@ -187,7 +216,8 @@ def pckh(
             raise PosenasError(f"PCKh threshold must be a positive number, got {t!r}")
 
     ids = {p.id for p in records}
-    extra = [rid for rid in predictions if rid not in ids]
+    dropped = _unlabelled_frame_people(dataset)
+    extra = [rid for rid in predictions if rid not in ids and rid not in dropped]
     if extra:
         raise PosenasError(f"predictions: id {extra[0]} is not a record (person id) of {dataset.source}")
     missing = [p.id for p in records if p.id not in predictions]

@@ -2,7 +2,8 @@
 
 The evaluation tests use them as predictions of known quality. The noise is scaled like
 OKS (per-joint sigma × object scale), so ``noise`` means the same for every joint and
-person size.
+person size. The entries are those of a predictions file, so they are in the annotation
+file's frame (:attr:`PoseDataset.file_origin`: MPII 1-based).
 """
 
 from __future__ import annotations
@@ -34,13 +35,19 @@ def jittered_keypoints(dataset: PoseDataset, noise: float = 0.5, seed: int = 0) 
     return out
 
 
+def _in_file_frame(dataset: PoseDataset, kp: np.ndarray) -> np.ndarray:
+    out = kp.astype(np.float64)
+    out[:, :2] += dataset.file_origin
+    return out
+
+
 def coco_results(dataset: PoseDataset, noise: float = 0.5, seed: int = 0) -> list[dict]:
     """COCO results JSON entries; the instance score is the mean joint score."""
     return [
         {
             "image_id": image_id,
             "category_id": 1,
-            "keypoints": [round(float(v), 2) for v in kp.reshape(-1)],
+            "keypoints": [round(float(v), 2) for v in _in_file_frame(dataset, kp).reshape(-1)],
             "score": round(float(kp[:, 2].mean()), 4),
         }
         for image_id, _, kp in jittered_keypoints(dataset, noise, seed)
@@ -50,6 +57,6 @@ def coco_results(dataset: PoseDataset, noise: float = 0.5, seed: int = 0) -> lis
 def pckh_records(dataset: PoseDataset, noise: float = 0.5, seed: int = 0) -> list[dict]:
     """PCKh prediction records ``{"id", "keypoints": [[x, y, score], ...]}`` for every person."""
     return [
-        {"id": pid, "keypoints": [[round(float(v), 2) for v in row] for row in kp]}
+        {"id": pid, "keypoints": [[round(float(v), 2) for v in row] for row in _in_file_frame(dataset, kp)]}
         for _, pid, kp in jittered_keypoints(dataset, noise, seed)
     ]

@@ -112,9 +112,11 @@ class FirstOrderObjective(Objective, ABC):
         """One step of the architecture parameters; returns a non-finite loss to stop the run."""
         batch = self.arch_batch(step, world)
         drop, model.drop_prob = getattr(model, "drop_prob", 0.0), 0.0  # no drop-path on architecture steps
-        loss = model_loss(model, model(batch["image"]), batch["target"], batch["target_weight"])
-        loss = loss + self.arch_penalty(model)
-        model.drop_prob = drop
+        try:
+            loss = model_loss(model, model(batch["image"]), batch["target"], batch["target_weight"])
+            loss = loss + self.arch_penalty(model)
+        finally:  # an error in this forward must not leave the weight steps without their drop-path
+            model.drop_prob = drop
         if world.any_true(not bool(torch.isfinite(loss))):
             return loss.detach()
         params = self.arch_parameters(model)

@@ -51,11 +51,11 @@ from posenas.data.layout import load_dataset
 from posenas.data.transforms import AugmentConfig
 from posenas.engine.config import DataConfig, ModelConfig, OptimConfig, TrainConfig, TrainingSections
 from posenas.engine.predict import primary_value
-from posenas.engine.train import train
+from posenas.engine.train import interruptible, train
 from posenas.search.darts import FirstOrderObjective
 from posenas.display import format_score, heading, retrain_command, ties, warn
 from posenas.errors import PosenasError
-from posenas.jsonio import read_json, read_jsonl, write_json, write_text
+from posenas.jsonio import JsonlLog, read_json, read_jsonl, write_json, write_text
 from posenas.search.cost_table import KINDS, cached_cost_table, load_cost_table, save_cost_table, table_header
 from posenas.search.rundir import open_search_dir
 from posenas.spaces.supernets import dnas_supernet_fields
@@ -217,6 +217,7 @@ def _wait_for_table(path: Path, timeout_s: float = 7200.0) -> tuple[dict, CostTa
     return load_cost_table(path)
 
 
+@interruptible  # Ctrl-C / SIGTERM stop every phase (the cost table too), also when SIGINT is ignored
 def run_dnas(cfg: DNASExperimentConfig, out: str | Path, resume: bool = False, progress: bool = True) -> dict:
     """The whole search (resumable): cost table, supernet training with alpha steps, derivation."""
     out = Path(out)
@@ -280,6 +281,7 @@ def random_search_archs(cfg: DNASExperimentConfig) -> list[EfficientPoseArch]:
     return [sample_arch(cfg.supernet.setting, cfg.supernet.head_arch(), rng) for _ in range(cfg.search.random_archs)]
 
 
+@interruptible
 def run_random_search(cfg: DNASExperimentConfig, out: str | Path, resume: bool = False, progress: bool = True) -> dict:
     """The paper's random-search baseline (resumable): ``random_archs`` architectures drawn
     uniformly (seeded), each trained from scratch for ``random_steps`` steps with the run's
@@ -292,7 +294,8 @@ def run_random_search(cfg: DNASExperimentConfig, out: str | Path, resume: bool =
     s = cfg.search
     archs = random_search_archs(cfg)
     path = out / "candidates.jsonl"
-    done = {r["index"]: r for r in read_jsonl(path)} if path.exists() else {}
+    log = JsonlLog(path)  # a line torn by a crash is dropped (and redone) before anything is appended
+    done = {r["index"]: r for r in log.records}
     records = []
     size = tuple(cfg.data.input_size)
     heading(f"random search: {len(archs)} archs, {s.random_steps} training steps each, into {out / 'random'}")
@@ -312,8 +315,7 @@ def run_random_search(cfg: DNASExperimentConfig, out: str | Path, resume: bool =
             done[i] = {"index": i, "arch": arch.to_json(), "gmacs": count_macs(model, size)[0] / 1e9,
                        "params_m": count_params(model) / 1e6, "metric": val["metric"],
                        "score": primary_value(val["metric"], val), "val": val}
-            with path.open("a") as f:
-                f.write(json.dumps(done[i]) + "\n")
+            log.append(done[i])
         records.append(done[i])
     best = max(records, key=lambda r: r["score"])
 
@@ -324,6 +326,7 @@ def run_random_search(cfg: DNASExperimentConfig, out: str | Path, resume: bool =
     return summary
 
 
+@interruptible
 def run_efficientpose(cfg: DNASExperimentConfig, out: str | Path, resume: bool = False, progress: bool = True) -> dict:
     """The search ``search.strategy`` names: the differentiable search, or the random baseline."""
     run = run_random_search if cfg.search.strategy == "random" else run_dnas

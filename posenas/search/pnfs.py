@@ -35,7 +35,7 @@ from posenas.data.transforms import AugmentConfig
 from posenas.engine.config import DataConfig, OptimConfig, TrainConfig, TrainingSections
 from posenas.engine.distributed import resolve_device
 from posenas.engine.predict import evaluate_model, primary_value
-from posenas.engine.train import Objective, make_codec, train
+from posenas.engine.train import Objective, interruptible, make_codec, train
 from posenas.display import format_score, heading, retrain_command, warn
 from posenas.errors import PosenasError
 from posenas.jsonio import read_json, write_json
@@ -141,6 +141,7 @@ class DartsObjective(FirstOrderObjective):
         return [p for f in fabrics(model) for p in (f.alpha, f.beta)]
 
 
+@interruptible  # Ctrl-C / SIGTERM stop every phase (export, pruning too), also when SIGINT is ignored
 def run_pnfs(cfg: PNFSExperimentConfig, out: str | Path, resume: bool = False, progress: bool = True) -> dict:
     """Train the fabrics with the chosen strategy (resumable), then export (and prune)."""
     out = Path(out)

@@ -18,7 +18,6 @@ with the same draws.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -30,10 +29,10 @@ from posenas.arch import arch_from_json, save_arch_file
 from posenas.checkpoint import load_checkpoint, supernet_from_checkpoint
 from posenas.data.layout import load_dataset
 from posenas.engine.distributed import resolve_device
-from posenas.engine.train import make_codec, train
+from posenas.engine.train import interruptible, make_codec, train
 from posenas.display import format_score, heading, retrain_command, ties, warn
 from posenas.errors import PosenasError
-from posenas.jsonio import read_jsonl, write_json
+from posenas.jsonio import JsonlLog, write_json
 from posenas.search.candidates import Evaluator, calibration_batches
 from posenas.search.vipnas_config import SearchExperimentConfig
 from posenas.search.sandwich import SandwichObjective
@@ -55,7 +54,8 @@ def train_supernet(cfg: SearchExperimentConfig, out: Path, progress: bool = True
 
 
 def _record_reader(path: Path, bar: tqdm, evaluator: Evaluator):
-    done = {(r.get("strategy"), r.get("index")): r for r in read_jsonl(path)} if path.exists() else {}
+    log = JsonlLog(path)  # a line torn by a crash is dropped (and redone) before anything is appended
+    done = {(r.get("strategy"), r.get("index")): r for r in log.records}
     scores: list[float] = []
 
     def evaluate(arch, strategy: str, index: int) -> dict[str, Any]:
@@ -65,8 +65,7 @@ def _record_reader(path: Path, bar: tqdm, evaluator: Evaluator):
                                "(was the config changed?); search into a new --out")
         if record is None:
             record = {"strategy": strategy, "index": index, "arch": arch.to_json(), **evaluator.evaluate(arch)}
-            with path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
+            log.append(record)
         scores.append(record["score"])
         bar.update(1)
         bar.set_postfix(best=f"{max(scores):.4f}")
@@ -155,6 +154,7 @@ def search_supernet(cfg: SearchExperimentConfig, out: Path, checkpoint: Path, pr
     return summary
 
 
+@interruptible  # Ctrl-C / SIGTERM stop every phase, also under a script that ignores SIGINT
 def run_search(cfg: SearchExperimentConfig, out: str | Path, resume: bool = False, progress: bool = True) -> dict:
     """Both phases; with ``resume`` an interrupted run continues."""
     out = Path(out)

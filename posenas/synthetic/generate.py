@@ -7,7 +7,9 @@ seed derived from (seed, split, index), so the output does not depend on the num
 worker processes, and the same seed gives byte-identical files.
 
 The dataset is built in a hidden ``.partial`` folder and renamed into place at the end:
-an interrupted run leaves nothing half-written under the target name.
+an interrupted run leaves nothing half-written under the target name. ``manifest.json``
+lists every file with its size, so a dataset whose files went missing or changed is
+noticed (and regenerated) even when its settings match.
 """
 
 from __future__ import annotations
@@ -174,6 +176,22 @@ def _write_split(spec: SynthSpec, split: str, root: Path, pool, progress: bool) 
     return dataset
 
 
+def _file_sizes(root: Path) -> dict[str, int]:
+    """Every file under ``root`` but the manifest: relative POSIX path -> size in bytes."""
+    return {p.relative_to(root).as_posix(): p.stat().st_size
+            for p in sorted(root.rglob("*")) if p.is_file() and p.name != "manifest.json"}
+
+
+def _damaged(out: Path, manifest: dict) -> list[str]:
+    """Files of the manifest that are missing or of another size (all of them when the manifest,
+    written by an older posenas, has no file list: nothing can be checked)."""
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        return ["(manifest.json lists no files: made by an older posenas)"]
+    return [name for name, size in files.items()
+            if not (out / name).is_file() or (out / name).stat().st_size != size]
+
+
 def ensure_synthetic(out: str | Path, spec: SynthSpec, progress: bool = True) -> dict:
     """:func:`synthesize` for a folder the caller owns (the demo's, a benchmark's): a dataset
     made by an older generator or with other settings is remade instead of refused."""
@@ -187,18 +205,28 @@ def synthesize(
 ) -> dict:
     """Generate the dataset into ``out``; returns its manifest plus timing (``seconds``, ``images_per_second``).
 
-    If ``out`` already holds a dataset made from the same spec, nothing is done; a
-    different one is only replaced with ``overwrite``.
+    If ``out`` already holds a dataset made from the same spec, nothing is done, unless
+    files it lists are missing or changed: then they are generated again (the same bytes,
+    the seed fixes them) and put back, other files in ``out`` left alone. A different
+    dataset is only replaced with ``overwrite``.
     """
     out = Path(out)
     manifest_path = out / "manifest.json"
     wanted = asdict(spec)
+    repair = False
     if out.exists():
         manifest = read_json(manifest_path) if manifest_path.exists() else None
         existing = manifest.get("spec") if isinstance(manifest, dict) else None
         if existing == wanted:
-            return read_json(manifest_path)
-        if not overwrite:
+            damaged = _damaged(out, manifest)
+            if not damaged:
+                return manifest
+            from posenas.display import warn
+
+            warn(f"{out}: {len(damaged)} file(s) missing or changed since they were generated "
+                 f"({', '.join(damaged[:3])}{', ...' if len(damaged) > 3 else ''}); generating them again")
+            repair = True
+        elif not overwrite:
             what = "a dataset made with other settings" if existing else "files that are not a posenas synthetic dataset"
             raise PosenasError(f"{out}: already exists and holds {what}; pass --overwrite to replace it")
     partial = out.parent / f".{out.name}.partial"
@@ -218,14 +246,22 @@ def synthesize(
     seconds = time.perf_counter() - start
     frames = sum(c["images"] for c in counts.values())
     # Timing stays out of the manifest: the files must be byte-identical for a seed.
-    manifest = {"generator": "posenas synthetic people", "spec": wanted, "counts": counts}
-    write_json(partial / "manifest.json", manifest, indent=2)
-    if out.exists():  # move the old dataset aside first: an interruption never leaves neither
+    manifest = {"generator": "posenas synthetic people", "spec": wanted, "counts": counts,
+                "files": _file_sizes(partial)}
+    if repair:  # put every generated file back in place (unchanged ones get their same bytes), manifest last
+        for name in manifest["files"]:
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(partial / name, out / name)
+        write_json(manifest_path, manifest, indent=2)
+        shutil.rmtree(partial)
+    elif out.exists():  # move the old dataset aside first: an interruption never leaves neither
+        write_json(partial / "manifest.json", manifest, indent=2)
         old = out.parent / f".{out.name}.old"
         shutil.rmtree(old, ignore_errors=True)
         os.replace(out, old)
         os.replace(partial, out)
         shutil.rmtree(old)
     else:
+        write_json(partial / "manifest.json", manifest, indent=2)
         os.replace(partial, out)
     return {**manifest, "seconds": round(seconds, 2), "images_per_second": round(frames / seconds, 1), "workers": workers}

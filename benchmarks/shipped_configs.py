@@ -1,0 +1,96 @@
+"""Wall time of every shipped CPU config, measured on a shortened run and projected to its full length.
+
+Run: .venv/bin/python benchmarks/shipped_configs.py [--steps 30] [--out runs/bench-configs]
+
+Each config runs through the `posenas` command in a subprocess (one at a time: the machine has
+2 cores) with ``train.max_steps=STEPS`` and the search phase cut down to a few evaluations
+(the overrides are printed). From the run's own files it reads the optimiser steps of the full
+run (``epochs × steps_per_epoch`` from the checkpoint's layout), the seconds per step over the
+measured steps, and the seconds of everything after training (candidates, derivation, export,
+validation); it prints a Markdown table with the full run's projected training minutes. Runs
+resume: a finished config is read back from its run directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from posenas.config import read_yaml
+
+#: config -> (command, overrides that shorten the non-training phases, where the training run is)
+CONFIGS: dict[str, tuple[str, list[str], str]] = {
+    "baselines/tiny.yaml": ("train", [], "."),
+    "vipnas/tiny-resnet.yaml": ("search", ["search.candidates=2", "search.population=2", "search.parents=1"], "supernet"),
+    "vipnas/tiny-mobilenetv3.yaml": ("search", ["search.candidates=2", "search.population=2", "search.parents=1"],
+                                     "supernet"),
+    "efficientpose/tiny-small.yaml": ("search", ["search.warmup_epochs=0.01"], "supernet"),
+    "pnfs/tiny-coco.yaml": ("search", [], "supernet"),
+}
+
+
+def config_path(name: str) -> Path:
+    return Path(__file__).resolve().parent.parent / "configs" / name
+
+
+def run_one(name: str, steps: int, out: Path, data_root: str) -> dict:
+    command, extra, training = CONFIGS[name]
+    run = out / Path(name).with_suffix("").as_posix().replace("/", "-")
+    result_file = run / "bench.json"
+    if result_file.exists():
+        return json.loads(result_file.read_text())
+    overrides = [f"train.max_steps={steps}", "train.val_every=0", f"data.root={data_root}", *extra]
+    if run.exists():
+        cmd = [sys.executable, "-m", "posenas", command, "--resume", "--out", str(run), "--quiet"]
+    else:
+        cmd = [sys.executable, "-m", "posenas", command, "--config", str(config_path(name)), "--out", str(run),
+               "--quiet", *overrides]
+    print(f"{name}: {' '.join(cmd[2:])}", flush=True)
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - start
+    train_dir = run / training
+    lines = [json.loads(ln) for ln in (train_dir / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+    losses = [r for r in lines if "seconds" in r]
+    first, last = losses[0], losses[-1]
+    per_step = (last["seconds"] - first["seconds"]) / max(1, last["step"] - first["step"])
+    layout = torch.load(train_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)["train_state"]["layout"]
+    cfg = read_yaml(config_path(name))
+    epochs = cfg.get("train", {}).get("epochs", 10)
+    full_steps = epochs * layout["steps_per_epoch"]
+    after_training = wall - last["seconds"]
+    result = {"config": name, "overrides": overrides, "steps_measured": last["step"], "s_per_step": per_step,
+              "full_steps": full_steps, "projected_train_min": full_steps * per_step / 60,
+              "after_training_s": after_training, "wall_s": wall}
+    result_file.write_text(json.dumps(result))
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=30, help="optimiser steps measured per config")
+    ap.add_argument("--out", default="runs/bench-configs")
+    ap.add_argument("--data", default="data/synthetic/coco", help="the default synthetic COCO dataset")
+    ap.add_argument("--configs", nargs="*", default=list(CONFIGS), help="which shipped configs")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [run_one(name, args.steps, out, args.data) for name in args.configs]
+    print(f"\n{platform.processor() or platform.machine()}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; {args.steps} steps measured per config\n")
+    print("| config | s / step | full run: steps | projected training min | after training, shortened (s) |")
+    print("|---|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| `{r['config']}` | {r['s_per_step']:.2f} | {r['full_steps']} | {r['projected_train_min']:.1f} | "
+              f"{r['after_training_s']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
