@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from posenas.arch import NAMED_MODELS, arch_from_json, load_arch_file, named_arch
+from posenas.arch import NAMED_MODELS, arch_from_json, load_arch_file, named_arch, output_joints
 from posenas.arch import build_model as _build
 from posenas.checkpoint import LoadedModel
 from posenas.cost import profile_model
@@ -122,15 +122,10 @@ def load_arch(arch: Any):
     raise PosenasError(f"arch: expected an architecture, its JSON, a file or a name, got {type(arch).__name__}")
 
 
-def _joints(arch: Any, num_joints: int | None) -> int:
-    """The output joints: as given, else the arch's own (PNFS parts fix them), else COCO's 17."""
-    return num_joints if num_joints is not None else getattr(arch, "num_joints", 17)
-
-
 def build_model(arch: Any, num_joints: int | None = None) -> nn.Module:
     """A freshly initialised ``nn.Module`` for ``arch`` (anything :func:`load_arch` takes)."""
     arch = load_arch(arch)
-    return _build(arch, _joints(arch, num_joints))
+    return _build(arch, output_joints(arch, num_joints))
 
 
 def profile(arch: Any, input_size: tuple[int, int] = (256, 192), latency: bool = False, *,
@@ -142,17 +137,18 @@ def profile(arch: Any, input_size: tuple[int, int] = (256, 192), latency: bool =
 
 
 def evaluate(gt: str | os.PathLike | PoseDataset, pred: str | os.PathLike | list, metric: str | None = None, *,
-             split: str | None = None) -> dict:
+             split: str | None = None, headboxes: str | os.PathLike | None = None) -> dict:
     """Score predictions against ground truth, as ``posenas eval --gt --pred --json``.
 
     ``gt``: a dataset root (``split`` default val), an annotation file, or a loaded dataset;
     ``pred``: a predictions file or its content (a COCO results list, or PCKh records);
-    ``metric``: ``coco`` or ``pckh`` (default: PCKh for MPII data, COCO otherwise).
+    ``metric``: ``coco`` or ``pckh`` (default: PCKh for MPII data, COCO otherwise);
+    ``headboxes``: MPII's ground-truth ``.mat`` (``mpii_gt_val.mat``) for MPII JSON without head boxes.
     """
     from posenas.data.layout import load_dataset
     from posenas.evaluation import evaluate_file, evaluate_records
 
-    dataset = gt if isinstance(gt, PoseDataset) else load_dataset(gt, split)
+    dataset = gt if isinstance(gt, PoseDataset) else load_dataset(gt, split, headboxes=headboxes)
     if isinstance(pred, list):
         return evaluate_records(dataset, pred, metric)[1]
     return evaluate_file(dataset, Path(pred), metric)[1]

@@ -93,6 +93,12 @@ def _space_of(arch: Any) -> ArchSpace:
     return space
 
 
+def output_joints(arch: Arch, num_joints: int | None = None) -> int:
+    """The joints a model of ``arch`` predicts: as given, else the arch's own (PNFS parts fix
+    them), else COCO's 17."""
+    return num_joints if num_joints is not None else getattr(arch, "num_joints", 17)
+
+
 def build_model(arch: Arch | dict, num_joints: int) -> nn.Module:
     """A freshly initialised plain ``nn.Module`` for ``arch`` (a dataclass or its JSON)."""
     if isinstance(arch, dict):

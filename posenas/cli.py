@@ -114,13 +114,14 @@ def _run_config(args: argparse.Namespace, cls: type, command: str, overrides: li
     YAML (or defaults) with overrides; ``--device`` applies to both."""
     from dataclasses import replace
 
-    from posenas.config import load_config
+    from posenas.config import check_resume_command, load_config
 
     if args.resume:
         if not args.out:
             raise PosenasError(f"{command} --resume: --out RUN (the run directory to continue) is required")
         if overrides:
             raise PosenasError(f"{command} --resume: overrides are not allowed; the run continues with its saved config")
+        check_resume_command(args.out, command)  # before the typed load: a search's config is no training config
         cfg = load_config(cls, Path(args.out) / "config.yaml")
     else:
         cfg = load_config(cls, args.config, overrides)
@@ -148,16 +149,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = args.out or f"runs/{Path(args.config or args.arch).stem}"
     try:
         result = train(cfg, out, resume=args.resume, progress=not args.quiet)
-    except (Interrupted, KeyboardInterrupt) as e:  # one line, the one command that continues
-        then = (f"continue with: posenas train --resume --out {out}" if (Path(out) / "config.yaml").is_file()
-                else "nothing was written; start it again")
-        print(f"posenas: interrupted{f' ({e})' if str(e) else ''}; {then}", file=sys.stderr)
-        return 130
+    except (Interrupted, KeyboardInterrupt) as e:
+        return _interrupted("train", Path(out), e)
     table = Path(out) / "results.txt"
     if result and table.is_file():  # the final validation, as `posenas eval` prints it
         print(table.read_text().rstrip())
         print(f"results in {out}")
     return 0
+
+
+def _interrupted(command: str, out: Path, error: BaseException) -> int:
+    """One line, ending with the one command that continues the run (exit status 130)."""
+    then = (f"continue with: posenas {command} --resume --out {out}" if (out / "config.yaml").is_file()
+            else "nothing was written; start it again")
+    print(f"posenas: interrupted{f' ({error})' if str(error) else ''}; {then}", file=sys.stderr)
+    return 130
 
 
 def _search_space(config: str | Path) -> str | None:
@@ -172,7 +178,9 @@ def _search_space(config: str | Path) -> str | None:
 def cmd_search(args: argparse.Namespace) -> int:
     """One command for every search; the config's ``supernet.space`` picks which (``SEARCHES``)."""
     from posenas.engine.train import Interrupted
+    from posenas.config import check_resume_command
     from posenas.search.methods import method_for
+    from posenas.search.rundir import removed_if_start_fails
 
     if not args.resume and not args.config:
         raise PosenasError("search: --config CFG.yaml is required (or --resume --out RUN)")
@@ -183,16 +191,16 @@ def cmd_search(args: argparse.Namespace) -> int:
 
         args.config = str(resolve_config(args.config))
     out = Path(args.out or f"runs/{Path(args.config).stem}")
+    if args.resume:
+        check_resume_command(out, "search")
     config_file = out / "config.yaml" if args.resume else args.config
     method = method_for(_search_space(config_file), str(config_file))
     cfg = _run_config(args, method.config, "search", list(args.overrides))
     try:
-        summary = method.run(cfg, out, resume=args.resume, progress=not args.quiet)
-    except (Interrupted, KeyboardInterrupt) as e:  # one line, the one command that continues (any phase)
-        then = (f"continue with: posenas search --resume --out {out}" if (out / "config.yaml").is_file()
-                else "nothing was written; start it again")
-        print(f"posenas: interrupted{f' ({e})' if str(e) else ''}; {then}", file=sys.stderr)
-        return 130
+        with removed_if_start_fails(out, args.resume):
+            summary = method.run(cfg, out, resume=args.resume, progress=not args.quiet)
+    except (Interrupted, KeyboardInterrupt) as e:  # in any phase
+        return _interrupted("search", out, e)
     if summary:  # empty on the other ranks of a torchrun
         method.report(summary, out, cfg)
     return 0
@@ -209,7 +217,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    from posenas.arch import build_model, load_arch_file, named_arch
+    from posenas.arch import build_model, load_arch_file, named_arch, output_joints
     from posenas.cost import profile_model
     from posenas.resources import resolve_config
 
@@ -235,7 +243,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
             model = loaded.model
     else:
         arch = named_arch(args.model) if args.model else load_arch_file(resolve_config(args.arch, "arch"))
-        model = build_model(arch, args.joints)
+        model = build_model(arch, output_joints(arch, args.joints))
     size = size or (256, 192)
     if args.runtime == "onnx" and runner is None and not args.no_latency:
         from posenas.cost import check_output_stride
@@ -390,7 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--checkpoint", help="a checkpoint (its input size is the default)")
     q.add_argument("--input", type=_dims("HEIGHTxWIDTH such as 256x192 (the papers' order)"),
                    help="input size HxW (default 256x192, or the checkpoint's)")
-    q.add_argument("--joints", type=int, default=17, help="output joints for --model/--arch (default 17)")
+    q.add_argument("--joints", type=int, help="output joints for --model/--arch (default: the arch's own, "
+                                               "e.g. a PNFS arch's parts, else 17)")
     q.add_argument("--threads", type=int, help="torch threads for the latency runs (default: torch's)")
     q.add_argument("--runs", type=int, default=30, help="timed runs after 5 warm-up runs")
     q.add_argument("--runtime", choices=["torch", "onnx"], default="torch",

@@ -184,6 +184,22 @@ def _same_run(saved: Any, config: dict) -> bool:
     return strip(saved) == strip(yaml.safe_load(yaml.safe_dump(config, sort_keys=False)))
 
 
+def check_resume_command(out: str | Path, command: str) -> None:
+    """``--resume`` of ``out`` by ``command`` (``train`` or ``search``): the folder must hold a run
+    that command continues (a search's config has a ``search`` section), else say which does."""
+    out = Path(out)
+    saved_path = out / "config.yaml"
+    if not saved_path.is_file():
+        raise PosenasError(f"{out}: nothing to resume (no config.yaml); start it without --resume")
+    saved = read_yaml(saved_path)
+    if not isinstance(saved, dict):
+        raise PosenasError(f"{saved_path}: not a posenas run config (expected a mapping)")
+    holds = "search" if "search" in saved else "train"
+    if holds != command:
+        raise PosenasError(f"{out}: holds a {'search' if holds == 'search' else 'training run'}, which "
+                           f"`posenas {command}` does not continue; resume it with posenas {holds} --resume --out {out}")
+
+
 def open_run_dir(out: str | Path, config: dict, resume: bool, leftovers: tuple[str, ...] = (),
                  write: bool = True) -> None:
     """The one check of every run directory (``train`` and each search) before it is used, so
@@ -201,13 +217,7 @@ def open_run_dir(out: str | Path, config: dict, resume: bool, leftovers: tuple[s
     if resume:
         if not saved_path.is_file():
             raise PosenasError(f"{out}: nothing to resume (no config.yaml); start it without --resume")
-        saved = read_yaml(saved_path)
-        if not isinstance(saved, dict):
-            raise PosenasError(f"{saved_path}: not a posenas run config (expected a mapping)")
-        if ("search" in saved) != ("search" in config):
-            kind = "search" if "search" in saved else "training run"
-            raise PosenasError(f"{out}: holds a {kind}, which this command does not continue; resume it with "
-                               f"posenas {'search' if kind == 'search' else 'train'} --resume --out {out}")
+        check_resume_command(out, "search" if "search" in config else "train")
     elif out.exists():
         if not out.is_dir():
             raise PosenasError(f"{out}: is a file, not a run folder; choose another --out")
@@ -235,4 +245,5 @@ def _occupied(out: Path, saved: Any, entries: list[Path]) -> str:
             "or remove them")
 
 
-__all__ = ["from_dict", "to_dict", "read_yaml", "apply_overrides", "load_config", "write_yaml", "open_run_dir"]
+__all__ = ["from_dict", "to_dict", "read_yaml", "apply_overrides", "load_config", "write_yaml", "open_run_dir",
+           "check_resume_command"]

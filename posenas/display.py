@@ -44,3 +44,14 @@ def retrain_command(arch_file: Path, data_root: Any, input_size: Any, init_from:
 def ties(scores: list[float], rel: float = 1e-9) -> bool:
     """Whether every score is the same (a best picked from ties means nothing)."""
     return len(scores) > 1 and max(scores) - min(scores) <= rel * max(1.0, abs(max(scores)))
+
+
+#: Below this gap between the largest and smallest weight of one choice, alpha "did not move".
+UNMOVED_ALPHA = 0.01
+
+
+def warn_if_alpha_unmoved(spread: float, where: str, consequence: str) -> None:
+    """Warn when a differentiable search's largest op-weight gap (over every ``where``: position,
+    edge) stayed below :data:`UNMOVED_ALPHA`: its result is the uniform mixture's."""
+    if spread < UNMOVED_ALPHA:
+        warn(f"alpha did not move (largest gap between {where} op weights {spread:.4f}): {consequence}")

@@ -143,3 +143,43 @@ def test_infer_on_a_video_file_says_video_input(tmp_path, capsys):
     assert main(["infer", "--checkpoint", str(tmp_path / "none.pt"), str(video), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "video input: see" in err and "cannot decode" not in err
+
+
+def _pnfs_search_config(root) -> dict:
+    return {"supernet": {"space": "pnfs", "backbone": "fabric", "backbone_layers": 3, "backbone_ops": ["skip"],
+                         "layers": 1, "hidden": 1, "channels": 2, "parts": 1, "vector_dim": 2, "ops": ["skip"]},
+            "data": {"root": str(root), "train_split": "val", "val_split": "val", "input_size": [32, 32],
+                     "batch_size": 2, "workers": 0},
+            "optim": {"warmup_steps": 0}, "train": {"epochs": 1, "device": "cpu", "val_every": 0, "flip_test": False}}
+
+
+def test_a_search_that_fails_late_leaves_nothing_that_blocks_the_retry(tmp_path, capsys):
+    root = tmp_path / "data"
+    make_dataset("coco", root, images=4, people=1)
+    cfg = _pnfs_search_config(root)
+    cfg["search"] = {"strategy": "darts", "warmup_epochs": 50}  # found only once training starts
+    (tmp_path / "bad.yaml").write_text(json.dumps(cfg))
+    out = tmp_path / "run"
+    assert main(["search", "--config", str(tmp_path / "bad.yaml"), "--out", str(out), "--quiet"]) == 2
+    assert "warm" in capsys.readouterr().err
+    assert not out.exists()
+    cfg["search"]["warmup_epochs"] = 0
+    (tmp_path / "good.yaml").write_text(json.dumps(cfg))
+    assert main(["search", "--config", str(tmp_path / "good.yaml"), "--out", str(out), "--quiet"]) == 0
+    # a folder that held a config before the failing start keeps it
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "config.yaml").write_text(json.dumps(cfg))
+    assert main(["search", "--config", str(tmp_path / "bad.yaml"), "--out", str(kept), "--quiet"]) == 2
+    assert (kept / "config.yaml").is_file()
+
+    # resuming a search folder with `train` says which command continues it
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"holds a search" in err and f"posenas search --resume --out {out}" in err and "unknown key" not in err
+
+
+def test_profile_takes_the_joint_count_from_a_pnfs_arch(tmp_path, capsys):
+    assert main(["profile", "--arch", "pnfs/mobilenetv2-p3-mpii", "--no-latency", "--input", "64x64", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["params"] > 0

@@ -31,6 +31,13 @@ FORMATS = ("coco", "mpii", "posetrack")
 FILE_ORIGIN = {"coco": 0.0, "mpii": 1.0, "posetrack": 0.0}
 
 
+def to_file_frame(keypoints: np.ndarray, origin: float) -> np.ndarray:
+    """(K, 3) keypoints from the records' 0-based frame into a file's (``origin``: :data:`FILE_ORIGIN`), as float64."""
+    out = np.asarray(keypoints, dtype=np.float64).copy()
+    out[:, :2] += origin
+    return out
+
+
 @dataclass
 class Person:
     """One annotated person.

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from posenas.codecs.heatmap import HeatmapCodec, back_project, flip_back, instance_scores
-from posenas.data.records import PoseDataset
+from posenas.data.records import PoseDataset, to_file_frame
 from posenas.data.topdown import TopDownDataset
 from posenas.data.boxes import Detection
 from posenas.evaluation import default_metric, evaluate_records
@@ -102,9 +102,7 @@ def by_image(preds: list[InstancePrediction]) -> dict[int, list[InstancePredicti
 
 def _file_keypoints(p: InstancePrediction) -> np.ndarray:
     """The keypoints in the frame of the dataset's files (MPII: 1-based)."""
-    kp = p.keypoints.astype(np.float64)
-    kp[:, :2] += p.file_origin
-    return kp
+    return to_file_frame(p.keypoints, p.file_origin)
 
 
 def coco_results(preds: list[InstancePrediction]) -> list[dict]:

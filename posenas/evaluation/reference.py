@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from posenas.data.records import PoseDataset
+from posenas.data.records import PoseDataset, to_file_frame
 
 
 def jittered_keypoints(dataset: PoseDataset, noise: float = 0.5, seed: int = 0) -> list[tuple[int, int, np.ndarray]]:
@@ -36,9 +36,7 @@ def jittered_keypoints(dataset: PoseDataset, noise: float = 0.5, seed: int = 0) 
 
 
 def _in_file_frame(dataset: PoseDataset, kp: np.ndarray) -> np.ndarray:
-    out = kp.astype(np.float64)
-    out[:, :2] += dataset.file_origin
-    return out
+    return to_file_frame(kp, dataset.file_origin)
 
 
 def coco_results(dataset: PoseDataset, noise: float = 0.5, seed: int = 0) -> list[dict]:

@@ -53,7 +53,7 @@ from posenas.engine.config import DataConfig, ModelConfig, OptimConfig, TrainCon
 from posenas.engine.predict import primary_value
 from posenas.engine.train import interruptible, train
 from posenas.search.darts import FirstOrderObjective
-from posenas.display import format_score, heading, retrain_command, ties, warn
+from posenas.display import format_score, heading, retrain_command, ties, warn, warn_if_alpha_unmoved
 from posenas.errors import PosenasError
 from posenas.jsonio import JsonlLog, read_json, read_jsonl, write_json, write_text
 from posenas.search.cost_table import KINDS, cached_cost_table, load_cost_table, save_cost_table, table_header
@@ -333,10 +333,6 @@ def run_efficientpose(cfg: DNASExperimentConfig, out: str | Path, resume: bool =
     return run(cfg, out, resume=resume, progress=progress)
 
 
-#: Below this gap between a position's largest and smallest op probability, alpha "did not move".
-UNMOVED_ALPHA = 0.01
-
-
 def print_summary(summary: dict, out: Path, cfg: DNASExperimentConfig) -> None:
     """The derived (or best random) arch, warnings where it means nothing, and the retrain command."""
     if summary.get("strategy") == "random":
@@ -351,7 +347,6 @@ def print_summary(summary: dict, out: Path, cfg: DNASExperimentConfig) -> None:
         print(f"derived arch: {summary['table_cost']:.4g} {summary['cost_unit']} by the {summary['cost_kind']} table, "
               f"{summary['gmacs']:.4f} GMACs, {summary['params_m']:.3f} M params; in {out / 'best_arch.json'}")
         spread = max((max(row) - min(row) for row in summary["probabilities"] if len(row) > 1), default=0.0)
-        if spread < UNMOVED_ALPHA:
-            warn(f"alpha did not move (largest gap between a position's op probabilities {spread:.4f}): the derived "
-                 "arch is the argmax of a near-uniform mixture; search longer or after a shorter warm-up")
+        warn_if_alpha_unmoved(spread, "a position's", "the derived arch is the argmax of a near-uniform mixture; "
+                              "search longer or after a shorter warm-up")
     print("retrain it: " + retrain_command(out / "best_arch.json", cfg.data.root, cfg.data.input_size))

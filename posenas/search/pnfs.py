@@ -36,7 +36,7 @@ from posenas.engine.config import DataConfig, OptimConfig, TrainConfig, Training
 from posenas.engine.distributed import resolve_device
 from posenas.engine.predict import evaluate_model, primary_value
 from posenas.engine.train import Objective, interruptible, make_codec, train
-from posenas.display import format_score, heading, retrain_command, warn
+from posenas.display import format_score, heading, retrain_command, warn, warn_if_alpha_unmoved
 from posenas.errors import PosenasError
 from posenas.jsonio import read_json, write_json
 from posenas.keypoints import KeypointSchema
@@ -205,10 +205,6 @@ def export_run(cfg: PNFSExperimentConfig, out: Path, val) -> dict:
     return summary
 
 
-#: Below this gap between an edge's largest and smallest op weight, alpha "did not move".
-UNMOVED_ALPHA = 0.01
-
-
 def print_summary(summary: dict, out: Path, cfg: PNFSExperimentConfig) -> None:
     """Scores of the dense (and pruned) fabric, warnings where they mean nothing, the retrain command."""
     for key, file in (("dense", "arch.json"), ("pruned", "arch_pruned.json")):
@@ -216,9 +212,9 @@ def print_summary(summary: dict, out: Path, cfg: PNFSExperimentConfig) -> None:
             r = summary[key]
             print(f"{key}: {r['metric']} {format_score(r['score'])}, {r['params_m']:.3f} M params, "
                   f"{r['gmacs']:.4f} GMACs; {out / file}")
-    if summary["strategy"] != "random" and summary.get("alpha_spread", 1.0) < UNMOVED_ALPHA:
-        warn(f"alpha did not move (largest gap between an edge's op weights {summary['alpha_spread']:.4f}): "
-             "the searched fabric is the uniform mixture; search longer (train.epochs)")
+    if summary["strategy"] != "random":  # random: alpha is frozen on purpose
+        warn_if_alpha_unmoved(summary["alpha_spread"], "an edge's",
+                              "the searched fabric is the uniform mixture; search longer (train.epochs)")
     pruned = summary.get("pruned")
     if pruned is not None and pruned["params_m"] == summary["dense"]["params_m"]:
         warn(f"pruning at {pruned['threshold']} removed nothing (no op or input weight below it)")

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from posenas.config import open_run_dir, to_dict
 from posenas.errors import PosenasError
@@ -20,3 +21,34 @@ def open_search_dir(out: Path, cfg: Any, resume: bool) -> bool:
     elif resume and not (out / "config.yaml").exists():
         raise PosenasError(f"{out}: nothing to resume (no config.yaml)")
     return is_main
+
+
+#: What a search writes before any work worth resuming: removed when its start fails.
+START_FILES = ("config.yaml", "cost_table.json")
+
+
+@contextmanager
+def removed_if_start_fails(out: Path, resume: bool) -> Iterator[None]:
+    """A new search that fails (a bad value found late, missing data) before it wrote anything
+    but its config and cost table leaves nothing behind: a folder holding its config.yaml would
+    refuse the corrected retry and resume the bad config. Only what this start wrote is
+    removed (never a folder that held a config before), and a Ctrl-C keeps it: ``--resume``
+    continues it."""
+    fresh = not resume and not (out / "config.yaml").exists()
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise
+    except BaseException as error:
+        from posenas.engine.train import Interrupted
+
+        if fresh and not isinstance(error, Interrupted) and out.is_dir() and not any(
+                p.is_file() and p.name not in START_FILES for p in out.rglob("*")):
+            for name in START_FILES:
+                (out / name).unlink(missing_ok=True)
+            for folder in sorted((p for p in out.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)) + [out]:
+                try:
+                    folder.rmdir()  # empty folders only
+                except OSError:
+                    pass
+        raise
