@@ -215,8 +215,6 @@ def open_run_dir(out: str | Path, config: dict, resume: bool, leftovers: tuple[s
     out = Path(out)
     saved_path = out / "config.yaml"
     if resume:
-        if not saved_path.is_file():
-            raise PosenasError(f"{out}: nothing to resume (no config.yaml); start it without --resume")
         check_resume_command(out, "search" if "search" in config else "train")
     elif out.exists():
         if not out.is_dir():
@@ -234,6 +232,21 @@ def open_run_dir(out: str | Path, config: dict, resume: bool, leftovers: tuple[s
         write_yaml(saved_path, config)
 
 
+def remove_run_start(out: str | Path, files: tuple[str, ...]) -> None:
+    """Undo a new run's start that failed before anything worth resuming: delete ``files``
+    (relative to ``out``), then every folder under ``out`` and ``out`` itself that is left
+    empty. A folder left holding the start's config.yaml would refuse the corrected retry."""
+    out = Path(out)
+    for name in files:
+        (out / name).unlink(missing_ok=True)
+    folders = sorted((p for p in out.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)) if out.is_dir() else []
+    for folder in [*folders, out]:
+        try:
+            folder.rmdir()  # only if empty
+        except OSError:
+            pass
+
+
 def _occupied(out: Path, saved: Any, entries: list[Path]) -> str:
     """Why ``out`` cannot take a new run, and the commands that can go on from there."""
     if isinstance(saved, dict):
@@ -246,4 +259,4 @@ def _occupied(out: Path, saved: Any, entries: list[Path]) -> str:
 
 
 __all__ = ["from_dict", "to_dict", "read_yaml", "apply_overrides", "load_config", "write_yaml", "open_run_dir",
-           "check_resume_command"]
+           "check_resume_command", "remove_run_start"]

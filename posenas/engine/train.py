@@ -32,7 +32,7 @@ from tqdm import tqdm
 from posenas.arch import arch_from_json, build_model, load_arch_file, named_arch
 from posenas.checkpoint import check_heatmap_size, load_checkpoint, load_weights, save_checkpoint
 from posenas.codecs.heatmap import HeatmapCodec
-from posenas.config import open_run_dir, to_dict, write_yaml
+from posenas.config import open_run_dir, remove_run_start, to_dict, write_yaml
 from posenas.data.layout import load_dataset
 from posenas.data.records import PoseDataset
 from posenas.data.topdown import TopDownDataset, worker_errors_released
@@ -399,16 +399,8 @@ def _final_done(run_dir: Path, step: int) -> bool:
     return isinstance(results, dict) and results.get("steps") == step
 
 
-def _remove_run_start(run_dir: Path) -> None:
-    """What a new run wrote before it failed, when it never reached a checkpoint: nothing in it
-    could be resumed, and a folder left holding its config would refuse the corrected retry."""
-    for name in ("config.yaml", "metrics.jsonl", "checkpoints/best.pt"):
-        (run_dir / name).unlink(missing_ok=True)
-    for folder in (run_dir / "checkpoints", run_dir):
-        try:
-            folder.rmdir()  # only if empty
-        except OSError:
-            pass
+#: What a new training run writes before its first checkpoint: removed when it fails then.
+START_FILES = ("config.yaml", "metrics.jsonl", "checkpoints/best.pt")
 
 
 def _divergence(loss: float, grad_norm: float, detector: _Divergence) -> str | None:
@@ -573,7 +565,7 @@ def _train(cfg, run_dir, last, resume, progress, stop_at_step, world: World, sto
         world.barrier()
     except BaseException:
         if world.is_main and not resume and not last.exists():
-            _remove_run_start(run_dir)
+            remove_run_start(run_dir, START_FILES)
         raise
     finally:
         bar.close()

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from posenas.config import open_run_dir, to_dict
+from posenas.config import open_run_dir, remove_run_start, to_dict
 from posenas.errors import PosenasError
 
 
@@ -44,11 +44,5 @@ def removed_if_start_fails(out: Path, resume: bool) -> Iterator[None]:
 
         if fresh and not isinstance(error, Interrupted) and out.is_dir() and not any(
                 p.is_file() and p.name not in START_FILES for p in out.rglob("*")):
-            for name in START_FILES:
-                (out / name).unlink(missing_ok=True)
-            for folder in sorted((p for p in out.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)) + [out]:
-                try:
-                    folder.rmdir()  # empty folders only
-                except OSError:
-                    pass
+            remove_run_start(out, START_FILES)
         raise

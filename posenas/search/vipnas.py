@@ -175,8 +175,8 @@ def print_summary(summary: dict, out: Path, cfg: SearchExperimentConfig) -> None
     if ties(scores):
         warn(f"all {len(scores)} candidates scored {metric} {format_score(scores[0])}: the ranking is noise and the "
              "'best' is the first drawn; train the supernet longer (train.epochs) before reading it")
-    elif sum(sc == best["score"] for sc in scores) > 1:
-        warn(f"the best {metric} {format_score(best['score'])} is shared by "
-             f"{sum(sc == best['score'] for sc in scores)} candidates; the pick among them is arbitrary")
+    elif (sharing := sum(sc == best["score"] for sc in scores)) > 1:
+        warn(f"the best {metric} {format_score(best['score'])} is shared by {sharing} candidates; "
+             "the pick among them is arbitrary")
     print("retrain it: " + retrain_command(out / "best_arch.json", cfg.data.root, cfg.data.input_size,
                                            init_from=out / "supernet" / "checkpoints" / "last.pt"))
