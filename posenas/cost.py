@@ -145,3 +145,22 @@ def profile_model(model: nn.Module, input_size: tuple[int, int], *, latency: boo
         timing = {**time_calls(runner, torch.zeros(1, 3, *input_size), 5, runs), "threads": threads, "device": "cpu",
                   "runtime": "onnx"}
     return Profile(count_params(model), macs, tuple(input_size), timing, layers)
+
+
+def matmul_limit(threads: int, dtype: torch.dtype = torch.float32, n: int = 2048, trials: int = 5) -> float:
+    """GMAC/s of an ``n``² matmul in ``dtype`` on ``threads`` threads, best of ``trials``: the
+    fastest this machine's dense kernels go, the yardstick for a model's achieved GMAC/s.
+    (bf16 on a CPU without native bf16 is emulated: a few GMAC/s where FP32 does ~30.)"""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+        torch.mm(a, b)
+        best = float("inf")
+        for _ in range(trials):
+            start = time.perf_counter()
+            torch.mm(a, b)
+            best = min(best, time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(previous)
+    return n**3 / best / 1e9

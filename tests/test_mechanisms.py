@@ -611,7 +611,7 @@ def test_best_checkpoint_survives_resume_and_lr_follows_the_schedule(tmp_path, m
     make_dataset("coco", root, images=2, people=2)  # 4 instances: 2 steps an epoch
     scores = iter([0.2, 0.6, 0.4])  # after epoch 0, after epoch 1, final
 
-    def validate(model, cfg, val, codec, world, progress):
+    def validate(model, cfg, val, codec, world, progress, precision=None):
         return "coco", {"AP": next(scores)}, "table", []
 
     monkeypatch.setattr(train_module, "validate", validate)

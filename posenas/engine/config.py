@@ -93,6 +93,10 @@ class TrainConfig:
     # stop when a step's loss exceeds this many times the run's running level (the lowest median
     # of 50 step losses so far), as for a NaN loss; null: off (see engine/train.py _Divergence)
     divergence_factor: float | None = 1000.0
+    # auto: bf16 autocast where the hardware has native bf16, else fp32 (engine/precision.py);
+    # bf16 on hardware without it is emulated and ~25x slower
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    channels_last: Literal["auto"] | bool = "auto"  # auto: as measured per model family (engine/precision.py)
 
     def __post_init__(self) -> None:
         if self.epochs < 1:

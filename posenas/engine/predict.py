@@ -19,6 +19,7 @@ from posenas.codecs.heatmap import HeatmapCodec, back_project, flip_back, instan
 from posenas.data.records import PoseDataset, to_file_frame
 from posenas.data.topdown import TopDownDataset
 from posenas.data.boxes import Detection
+from posenas.engine.precision import FP32, Precision
 from posenas.evaluation import default_metric, evaluate_records
 
 
@@ -48,12 +49,14 @@ class InstancePrediction:
     file_origin: float = 0.0
 
 
-def heatmaps_with_flip(model: nn.Module, images: torch.Tensor, flip_index: tuple[int, ...], flip_test: bool) -> torch.Tensor:
-    """The model's heatmaps, averaged with those of the mirrored input when ``flip_test``."""
+def heatmaps_with_flip(model: nn.Module, images: torch.Tensor, flip_index: tuple[int, ...], flip_test: bool,
+                       precision: Precision = FP32) -> torch.Tensor:
+    """The model's heatmaps (run in ``precision``, returned FP32), averaged with those of the
+    mirrored input when ``flip_test``."""
     if not flip_test:
-        return model(images)
+        return precision.forward(model, images)
     # one forward pass over both (eval mode: the halves do not affect each other)
-    both = model(torch.cat([images, torch.flip(images, dims=[3])]))
+    both = precision.forward(model, torch.cat([images, torch.flip(images, dims=[3])]))
     heatmaps, mirrored = both[: len(images)], both[len(images) :]
     return (heatmaps + flip_back(mirrored, flip_index)) * 0.5
 
@@ -70,14 +73,16 @@ def predict(
     batch_size: int = 64,
     workers: int = 0,
     progress: bool = True,
+    precision: Precision = FP32,
 ) -> list[InstancePrediction]:
-    """Predict every instance of ``data`` (GT boxes or detections), in dataset order."""
+    """Predict every instance of ``data`` (GT boxes or detections), in dataset order; the model
+    runs in ``precision`` (a training run validates in its own)."""
     was_training = model.training
     model.eval()
     loader = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=workers)
     out: list[InstancePrediction] = []
     for batch in tqdm(loader, desc="predicting", disable=not progress, leave=False):
-        heatmaps = heatmaps_with_flip(model, batch["image"].to(device), flip_index, flip_test)
+        heatmaps = heatmaps_with_flip(model, batch["image"].to(device), flip_index, flip_test, precision)
         coords, maxvals = codec.decode(heatmaps.float().cpu().numpy())
         centers, scales = batch["center"].numpy(), batch["scale"].numpy()
         rotations = batch["rotation"].numpy()
@@ -135,11 +140,12 @@ def predict_dataset(
     batch_size: int = 64,
     workers: int = 0,
     progress: bool = True,
+    precision: Precision = FP32,
 ) -> list[InstancePrediction]:
     """:func:`predict` on a dataset's GT boxes, or on ``boxes`` (detections)."""
     inputs = TopDownDataset(dataset, codec, augment=None, boxes=boxes)
     return predict(model, inputs, codec, dataset.schema.flip_index, device, flip_test=flip_test,
-                   batch_size=batch_size, workers=workers, progress=progress)
+                   batch_size=batch_size, workers=workers, progress=progress, precision=precision)
 
 
 def prediction_records(preds: list[InstancePrediction], metric: str) -> list[dict]:

@@ -36,8 +36,10 @@ from posenas.config import open_run_dir, remove_run_start, to_dict, write_yaml
 from posenas.data.layout import load_dataset
 from posenas.data.records import PoseDataset
 from posenas.data.topdown import TopDownDataset, worker_errors_released
+from posenas.display import warn
 from posenas.engine.config import ExperimentConfig, ModelConfig, OptimConfig
 from posenas.engine.distributed import World, close_world, init_world
+from posenas.engine.precision import FP32, Precision, emulation_warning, model_family, resolve_precision
 from posenas.engine.predict import evaluate_model, prediction_records, primary_value
 from posenas.errors import PosenasError
 from posenas.jsonio import JsonlLog, read_json, write_json, write_text
@@ -174,12 +176,18 @@ class Objective:
     #: Wrap the model in DistributedDataParallel under torchrun (False: the objective
     #: all-reduces its gradients itself).
     ddp = True
+    #: How :meth:`forward` runs the model; the loop sets the run's resolved choice before :meth:`prepare`.
+    precision: Precision = FP32
 
     def __init__(self, arch: Any):
         self.arch = arch
 
     def build(self, num_joints: int) -> nn.Module:
         return build_model(self.arch, num_joints)
+
+    def family(self) -> str:
+        """The model family whose measured speed picks ``auto`` precision (engine/precision.py)."""
+        return model_family(self.arch)
 
     def checkpoint_fields(self) -> dict[str, Any]:
         """Fields that make the checkpoint self-describing (``arch`` at least)."""
@@ -209,10 +217,15 @@ class Objective:
         """Extra fields for the metrics line written every ``log_every`` steps."""
         return {}
 
+    def forward(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """The model's training output in the run's precision and memory format (FP32 out): every
+        objective's forward goes through here, so ``train.precision`` reaches each of them."""
+        return self.precision.forward(model, images)
+
     def step(self, model: nn.Module, images: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
              step: int, world: World) -> torch.Tensor:
         """Forward and backward for one optimiser step; returns the (detached) loss to log."""
-        loss = model_loss(model, model(images), target, weight)
+        loss = model_loss(model, self.forward(model, images), target, weight)
         if not world.any_true(not bool(torch.isfinite(loss))):  # every rank backwards, or none (DDP)
             loss.backward()
         return loss.detach()
@@ -301,6 +314,34 @@ class _Divergence:
         return {"recent": list(self.recent), "level": self.level}
 
 
+class _Forecast:
+    """The run's expected training wall time, printed once after its first steps, so a user
+    learns the cost of a search or training run in a minute rather than at its end. Steps are
+    timed after :data:`WARMUP` untimed ones (allocator and kernel warm-up) over :data:`TIMED`."""
+
+    WARMUP, TIMED = 2, 8
+
+    def __init__(self, first_step: int, total_steps: int):
+        self.first, self.total = first_step, total_steps
+        self.started: float | None = None
+        self.done = total_steps - first_step <= self.WARMUP + self.TIMED  # too short to be worth a line
+
+    def update(self, step: int) -> str | None:
+        """After optimiser step ``step``: the forecast line once enough steps are timed, else None."""
+        if self.done:
+            return None
+        if step - self.first == self.WARMUP:
+            self.started = time.perf_counter()
+        elif self.started is not None and step - self.first == self.WARMUP + self.TIMED:
+            self.done = True
+            per_step = (time.perf_counter() - self.started) / self.TIMED
+            left = per_step * (self.total - step)
+            ends = time.strftime("%H:%M", time.localtime(time.time() + left))
+            return (f"expected: {per_step:.2f} s/step, {self.total - step} steps left = {left / 60:.1f} min of training "
+                    f"(ends about {ends}, plus validation)")
+        return None
+
+
 def _grad_norm(optimizer: torch.optim.Optimizer) -> torch.Tensor:
     """The total 2-norm of the gradients the optimiser is about to apply."""
     grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
@@ -339,6 +380,7 @@ def _payload(model, objective, schema_name, codec, cfg, optimizer, scheduler, st
             "objective": objective.state_dict(),
             "seconds": seconds,  # training time so far: metrics.jsonl's "seconds" goes on across resumes
             "divergence": divergence,
+            "precision": objective.precision.to_json(),
         },
         "metrics": metrics,
     }
@@ -353,13 +395,21 @@ def init_weights(model: nn.Module, objective: Objective, path: str) -> None:
     load_weights(model, state, path)
 
 
-def validate(model, cfg: ExperimentConfig, val: PoseDataset, codec: HeatmapCodec, world: World, progress: bool):
+def validate(model, cfg: ExperimentConfig, val: PoseDataset, codec: HeatmapCodec, world: World, progress: bool,
+             precision: Precision = FP32):
     """Predict the val split on GT boxes; returns (metric, result, table, predictions)."""
     if cfg.data.val_max_images is not None:
         val = replace(val, images=val.images[: cfg.data.val_max_images])
     with worker_errors_released():
         return evaluate_model(_unwrap(model), val, codec, world.device, flip_test=cfg.train.flip_test,
-                              batch_size=cfg.data.batch_size * 2, workers=cfg.data.workers, progress=progress)
+                              batch_size=cfg.data.batch_size * 2, workers=cfg.data.workers, progress=progress,
+                              precision=precision)
+
+
+def run_precision(cfg: ExperimentConfig, family: str, device: torch.device) -> Precision:
+    """The run's precision and memory format (``train.precision`` / ``train.channels_last``
+    resolved for a model family, :func:`posenas.engine.precision.model_family`)."""
+    return resolve_precision(cfg.train.precision, cfg.train.channels_last, device, family)
 
 
 def train(
@@ -444,6 +494,7 @@ def _train(cfg, run_dir, last, resume, progress, stop_at_step, world: World, sto
         )
     layout = _layout(world, cfg, steps_per_epoch)
     total_steps = run_length(cfg, steps_per_epoch)
+    objective.precision = run_precision(cfg, objective.family(), world.device)
     objective.prepare(model, codec, cfg, world, steps_per_epoch)
     optimizer = make_optimizer(objective.parameters(model), cfg.optim)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.optim, steps_per_epoch, total_steps))
@@ -471,6 +522,16 @@ def _train(cfg, run_dir, last, resume, progress, stop_at_step, world: World, sto
             elapsed, divergence = float(ts.get("seconds", 0.0)), ts.get("divergence")
         except (KeyError, ValueError, TypeError, RuntimeError) as e:
             raise PosenasError(f"{last}: training state does not fit this run: {str(e).splitlines()[0]}") from None
+        if "precision" in ts:  # a resumed run keeps its precision (auto may resolve otherwise elsewhere)
+            objective.precision = Precision.from_json(ts["precision"], f"{last}: train_state")
+    precision = objective.precision
+    precision.prepare_model(model)  # parameters keep their identity: the optimiser's references hold
+    if world.is_main and progress:
+        tqdm.write(f"precision: {precision.describe()} (train.precision {cfg.train.precision}, "
+                   f"train.channels_last {cfg.train.channels_last})")
+    problem = emulation_warning(precision, world.device)
+    if world.is_main and problem:
+        warn(problem)
     if world.size > 1 and objective.ddp:
         model = DistributedDataParallel(model, device_ids=[world.device.index] if world.device.type == "cuda" else None)
     if world.is_main and not resume:
@@ -489,7 +550,7 @@ def _train(cfg, run_dir, last, resume, progress, stop_at_step, world: World, sto
     def record_validation(epoch: int, final: bool) -> dict:
         nonlocal best
         objective.before_validation(_unwrap(model))
-        metric, result, table, preds = validate(model, cfg, val_set, codec, world, progress)
+        metric, result, table, preds = validate(model, cfg, val_set, codec, world, progress, precision)
         metrics.write(step=step, epoch=epoch, val={"metric": metric, **result})
         if primary_value(metric, result) > best:  # "best" = highest AP (COCO) or PCKh@0.5 mean
             best = primary_value(metric, result)
@@ -505,6 +566,7 @@ def _train(cfg, run_dir, last, resume, progress, stop_at_step, world: World, sto
         return world.any_true(stop.requested or (stop_at_step is not None and step >= stop_at_step))
 
     bar = tqdm(total=total_steps, initial=step, desc="training", unit="step", disable=not (progress and world.is_main))
+    forecast = _Forecast(step, total_steps)
     result: dict = {}
     model.train()
     try:
@@ -540,6 +602,8 @@ def _train(cfg, run_dir, last, resume, progress, stop_at_step, world: World, sto
                     scheduler.step()
                     step += 1
                     bar.update(1)
+                    if (line := forecast.update(step)) and world.is_main and progress:
+                        tqdm.write(line)
                     if step % cfg.train.log_every == 0 or step == total_steps:
                         lr = optimizer.param_groups[0]["lr"]
                         metrics.write(step=step, epoch=epoch, loss=loss_value, lr=lr,

@@ -21,6 +21,7 @@ from posenas.codecs.heatmap import HeatmapCodec
 from posenas.cost import count_macs, count_params, measure_latency
 from posenas.data.records import PoseDataset
 from posenas.data.topdown import TopDownDataset
+from posenas.engine.precision import FP32, Precision
 from posenas.engine.predict import evaluate_model, primary_value
 from posenas.search.vipnas_config import SearchConfig
 from posenas.spaces.vipnas import ViPNASArch, ViPNASSupernet, derive
@@ -31,9 +32,10 @@ def arch_key(arch: ViPNASArch) -> str:
     return json.dumps(arch.to_json(), sort_keys=True)
 
 
-def recalibrate_bn(model: nn.Module, batches: list[torch.Tensor]) -> None:
+def recalibrate_bn(model: nn.Module, batches: list[torch.Tensor], precision: Precision = FP32) -> None:
     """Reset every BatchNorm's running statistics and re-estimate them as the plain average
-    over ``batches`` (forward passes in train mode, no gradients); the model ends in eval mode."""
+    over ``batches`` (forward passes in train mode, no gradients, in ``precision``); the model
+    ends in eval mode."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     saved = [m.momentum for m in norms]
     for m in norms:
@@ -42,7 +44,7 @@ def recalibrate_bn(model: nn.Module, batches: list[torch.Tensor]) -> None:
     model.train()
     with torch.no_grad():
         for images in batches:
-            model(images)
+            precision.forward(model, images)
     for m, momentum in zip(norms, saved):
         m.momentum = momentum
     model.eval()
@@ -69,6 +71,7 @@ class Evaluator:
     calib: list[torch.Tensor]
     cfg: SearchConfig
     batch_size: int = 64
+    precision: Precision = FP32  # the supernet run's: candidates are re-calibrated and scored in it
     _costs: dict[str, dict[str, Any]] = field(default_factory=dict)
     _macs: dict[str, float] = field(default_factory=dict)
 
@@ -109,8 +112,9 @@ class Evaluator:
     def evaluate(self, arch: ViPNASArch) -> dict[str, Any]:
         """Inherit weights, re-calibrate BN, score on val: the cost fields plus ``metric``, the
         scores and ``score`` (AP for COCO, PCKh@0.5 for MPII)."""
-        model = derive(arch, self.supernet.num_joints, self.supernet).to(self.device)
-        recalibrate_bn(model, [b.to(self.device) for b in self.calib])
+        model = self.precision.prepare_model(derive(arch, self.supernet.num_joints, self.supernet).to(self.device))
+        recalibrate_bn(model, [b.to(self.device) for b in self.calib], self.precision)
         metric, result, _, _ = evaluate_model(model, self.val, self.codec, self.device, flip_test=self.cfg.flip_test,
-                                              batch_size=self.batch_size, workers=0, progress=False)
+                                              batch_size=self.batch_size, workers=0, progress=False,
+                                              precision=self.precision)
         return {**self.cost(arch), "metric": metric, **result, "score": primary_value(metric, result)}

@@ -113,7 +113,7 @@ class FirstOrderObjective(Objective, ABC):
         batch = self.arch_batch(step, world)
         drop, model.drop_prob = getattr(model, "drop_prob", 0.0), 0.0  # no drop-path on architecture steps
         try:
-            loss = model_loss(model, model(batch["image"]), batch["target"], batch["target_weight"])
+            loss = model_loss(model, self.forward(model, batch["image"]), batch["target"], batch["target_weight"])
             loss = loss + self.arch_penalty(model)
         finally:  # an error in this forward must not leave the weight steps without their drop-path
             model.drop_prob = drop
@@ -138,7 +138,7 @@ class FirstOrderObjective(Objective, ABC):
         for p in params:
             p.requires_grad_(False)
         try:
-            loss = model_loss(model, model(images), target, weight)
+            loss = model_loss(model, self.forward(model, images), target, weight)
             if not world.any_true(not bool(torch.isfinite(loss))):
                 loss.backward()
         finally:

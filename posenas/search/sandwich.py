@@ -51,7 +51,7 @@ class SandwichObjective(Objective):
         teacher = None
         for i, arch in enumerate(self.subnets(step)):
             model.set_active(arch)
-            out = model(images)
+            out = self.forward(model, images)
             loss = heatmap_loss(out, target, weight)
             if i == 0:
                 teacher = out.detach()

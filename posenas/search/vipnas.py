@@ -29,7 +29,8 @@ from posenas.arch import arch_from_json, save_arch_file
 from posenas.checkpoint import load_checkpoint, supernet_from_checkpoint
 from posenas.data.layout import load_dataset
 from posenas.engine.distributed import resolve_device
-from posenas.engine.train import interruptible, make_codec, train
+from posenas.engine.precision import Precision, model_family
+from posenas.engine.train import interruptible, make_codec, run_precision, train
 from posenas.display import format_score, heading, retrain_command, ties, warn
 from posenas.errors import PosenasError
 from posenas.jsonio import JsonlLog, write_json
@@ -116,14 +117,20 @@ def search_supernet(cfg: SearchExperimentConfig, out: Path, checkpoint: Path, pr
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
-    supernet = supernet_from_checkpoint(load_checkpoint(checkpoint), checkpoint).to(device).eval()
+    state = load_checkpoint(checkpoint)
+    supernet = supernet_from_checkpoint(state, checkpoint).to(device).eval()
+    # the supernet's own precision (recorded by its training run), else this config's
+    saved = state.get("train_state", {}).get("precision")
+    precision = (Precision.from_json(saved, f"{checkpoint}: train_state") if saved else
+                 run_precision(cfg.training(), model_family(arch_from_json(state["arch"], f"{checkpoint}: arch")), device))
     train_set = load_dataset(cfg.data.root, cfg.data.train_split)
     val_set = load_dataset(cfg.data.root, cfg.data.val_split)
     codec = make_codec(cfg.training())
     sc = cfg.search
     heading(f"BN re-calibration: {sc.calib_batches} fixed training batches per candidate")
     calib = calibration_batches(train_set, codec, cfg.augment, cfg.data.batch_size, sc.calib_batches, sc.seed)
-    evaluator = Evaluator(supernet, val_set, codec, device, calib, sc, batch_size=cfg.data.batch_size * 2)
+    evaluator = Evaluator(supernet, val_set, codec, device, calib, sc, batch_size=cfg.data.batch_size * 2,
+                          precision=precision)
     choices, space = cfg.supernet.parsed_choices(), cfg.supernet.space
     heading(f"candidates: {', '.join(sc.strategies)}, {sc.candidates} each, budget "
             f"{sc.max_gmacs if sc.max_gmacs is not None else '-'} GMACs / "

@@ -1,0 +1,122 @@
+"""Training and evaluation precision: FP32 or bf16 autocast, NCHW or channels-last.
+
+Why a choice at all: on a CPU with native bf16 (AVX512-BF16, AMX) a bf16 matmul runs 4-6x
+faster than FP32 and a channels-last bf16 3x3 conv ~6x faster than FP32 NCHW, so a training
+step is 1.5-2.3x faster; on a CPU without it (AVX2 only) bf16 is emulated and ~25x *slower*,
+while channels-last FP32 still helps some model families. So ``auto`` decides from the CPU's
+capabilities at run time and from per-family measurements (:data:`CHANNELS_LAST_FP32`,
+``benchmarks/train_throughput.py``), never from the machine the code was written on.
+
+What stays FP32 under bf16 autocast: the weights, the optimiser state, the loss (the model's
+output is cast back before the heatmap MSE, whose squared errors of ~1e-3 bf16 would round
+away), BatchNorm statistics, and everything after the model (decoding, evaluation).
+fp16 is not offered: it needs loss scaling through every objective's own backward, and bf16
+(FP32's exponent range) needs none; CUDA devices from Ampere on have bf16.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from posenas.errors import PosenasError
+
+PRECISIONS = ("auto", "fp32", "bf16")
+CHANNELS_LAST = ("auto", True, False)
+
+#: Model families whose FP32 training step is faster channels-last on an AVX2 CPU, measured
+#: by ``benchmarks/train_throughput.py`` (docs/benchmarks.md, "Training throughput"); a family
+#: not listed trains NCHW in FP32. Under bf16 every family trains channels-last (oneDNN's
+#: bf16 convolutions are blocked channels-last kernels).
+CHANNELS_LAST_FP32: frozenset[str] = frozenset()
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether bf16 runs in hardware here (CPU: oneDNN's check for AVX512-BF16 / AMX; CUDA: Ampere+)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def cpu_flags() -> str:
+    """The CPU's model and the instruction sets that decide precision (for logs and benchmarks)."""
+    caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
+    flags = [f for f in ("avx2", "avx512_f", "avx512_bf16", "amx_bf16", "amx_int8", "avx512_vnni", "avx_vnni")
+             if caps.get(f)]
+    return f"{caps.get('cpu_name', 'CPU')} ({', '.join(flags) or 'no AVX2'})"
+
+
+def model_family(arch: Any) -> str:
+    """The key of an arch's measured speed behaviour: its space, and the backbone for SimpleBaselines."""
+    space = getattr(arch, "space", type(arch).__name__)
+    backbone = getattr(arch, "backbone", None)
+    return f"{space}-{backbone}" if backbone else str(space)
+
+
+@dataclass(frozen=True)
+class Precision:
+    """A resolved choice: ``dtype`` "fp32" or "bf16" (autocast), ``channels_last`` memory format."""
+
+    dtype: str = "fp32"
+    channels_last: bool = False
+
+    def autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+        if self.dtype == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The model in this memory format (in place; parameters keep their values)."""
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+    def forward(self, model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """``model(images)`` in this precision and layout; the output FP32 and contiguous."""
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with self.autocast(images.device):
+            out = model(images)
+        return out.float().contiguous() if self.dtype != "fp32" or self.channels_last else out
+
+    def to_json(self) -> dict[str, Any]:
+        return {"dtype": self.dtype, "channels_last": self.channels_last}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> "Precision":
+        if not isinstance(data, dict) or data.get("dtype") not in ("fp32", "bf16") or not isinstance(
+                data.get("channels_last"), bool):
+            raise PosenasError(f"{where}: precision: expected {{dtype: fp32|bf16, channels_last: true|false}}, got {data!r}")
+        return cls(data["dtype"], data["channels_last"])
+
+    def describe(self) -> str:
+        return f"{self.dtype}{' autocast' if self.dtype != 'fp32' else ''}, {'channels-last' if self.channels_last else 'NCHW'}"
+
+
+FP32 = Precision()
+
+
+def resolve_precision(precision: str, channels_last: str | bool, device: torch.device, family: str) -> Precision:
+    """``train.precision`` / ``train.channels_last`` for this device and model family.
+
+    ``auto``: bf16 where the hardware has it, else FP32; channels-last under bf16, and under FP32
+    for the families in :data:`CHANNELS_LAST_FP32`. An explicit ``bf16`` is honoured on any
+    device (slow where emulated; the run says so).
+    """
+    if precision not in PRECISIONS:
+        raise PosenasError(f"config.train.precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if channels_last not in CHANNELS_LAST:
+        raise PosenasError(f"config.train.channels_last: expected auto, true or false, got {channels_last!r}")
+    dtype = ("bf16" if native_bf16(device) else "fp32") if precision == "auto" else precision
+    if channels_last == "auto":
+        channels_last = dtype == "bf16" or family in CHANNELS_LAST_FP32
+    return Precision(dtype, bool(channels_last))
+
+
+def emulation_warning(chosen: Precision, device: torch.device) -> str | None:
+    """A line for an explicit bf16 on hardware that emulates it (measured ~25x slower per matmul)."""
+    if chosen.dtype == "bf16" and not native_bf16(device):
+        return (f"train.precision bf16 on {cpu_flags() if device.type == 'cpu' else device}: this hardware has no "
+                "native bf16, so it is emulated and much slower than fp32 (use auto or fp32 for speed)")
+    return None
