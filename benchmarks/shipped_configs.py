@@ -40,13 +40,13 @@ def config_path(name: str) -> Path:
     return Path(__file__).resolve().parent.parent / "configs" / name
 
 
-def run_one(name: str, steps: int, out: Path, data_root: str) -> dict:
+def run_one(name: str, steps: int, out: Path, data_root: str, extra_set: tuple[str, ...] = ()) -> dict:
     command, extra, training = CONFIGS[name]
     run = out / Path(name).with_suffix("").as_posix().replace("/", "-")
     result_file = run / "bench.json"
     if result_file.exists():
         return json.loads(result_file.read_text())
-    overrides = [f"train.max_steps={steps}", "train.val_every=0", f"data.root={data_root}", *extra]
+    overrides = [f"train.max_steps={steps}", "train.val_every=0", f"data.root={data_root}", *extra, *extra_set]
     if run.exists():
         cmd = [sys.executable, "-m", "posenas", command, "--resume", "--out", str(run), "--quiet"]
     else:
@@ -79,12 +79,14 @@ def main() -> None:
     ap.add_argument("--out", default="runs/bench-configs")
     ap.add_argument("--data", default="data/synthetic/coco", help="the default synthetic COCO dataset")
     ap.add_argument("--configs", nargs="*", default=list(CONFIGS), help="which shipped configs")
+    ap.add_argument("--set", nargs="*", default=[], help="extra overrides for every config (e.g. "
+                    "train.precision=fp32 train.channels_last=false, to compare with auto; use another --out)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = [run_one(name, args.steps, out, args.data) for name in args.configs]
+    rows = [run_one(name, args.steps, out, args.data, tuple(args.set)) for name in args.configs]
     print(f"\n{platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; {args.steps} steps measured per config\n")
+          f"{torch.get_num_threads()} threads; {args.steps} steps measured per config; overrides {args.set or 'none'}\n")
     print("| config | s / step | full run: steps | projected training min | after training, shortened (s) |")
     print("|---|---:|---:|---:|---:|")
     for r in rows:

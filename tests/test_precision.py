@@ -40,6 +40,9 @@ def _model() -> torch.nn.Module:
 
 def test_auto_follows_the_hardware_and_the_family(monkeypatch):
     monkeypatch.setattr(precision_module, "native_bf16", lambda device: False)
+    assert resolve_precision("auto", "auto", CPU, "simplebaseline-resnet18") == Precision("fp32", True)  # measured
+    assert resolve_precision("auto", "auto", CPU, "simplebaseline-resnet50") == FP32  # not measured: NCHW
+    monkeypatch.setattr(precision_module, "CHANNELS_LAST_FP32", frozenset())
     assert resolve_precision("auto", "auto", CPU, "simplebaseline-resnet18") == FP32
     monkeypatch.setattr(precision_module, "CHANNELS_LAST_FP32", frozenset({"simplebaseline-resnet18"}))
     assert resolve_precision("auto", "auto", CPU, "simplebaseline-resnet18") == Precision("fp32", True)

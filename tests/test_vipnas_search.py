@@ -4,6 +4,7 @@ run (files, resume, budget) and weight inheritance into `train --arch --init-fro
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -233,3 +234,11 @@ def test_search_under_torchrun_two_processes(tmp_path, data_root):
     # 12 instances, 2 processes of batch 4: one step in the configured epoch
     assert load_checkpoint(tmp_path / "s" / "supernet" / "checkpoints" / "last.pt")["train_state"]["step"] == 1
     assert len(read_jsonl(tmp_path / "s" / "candidates.jsonl")) == 2  # the search ran once, on rank 0
+
+
+def test_search_prints_the_expected_time_of_its_candidate_phase(tmp_path, data_root, capsys):
+    cfg = search_yaml(tmp_path / "s.yaml", data_root)
+    assert main(["search", "--config", str(cfg), "--out", str(tmp_path / "search")]) == 0
+    captured = capsys.readouterr()
+    assert re.search(r"expected: [\d.]+ s a candidate \(cost, BN re-calibration, val\), 5 left = [\d.]+ min",
+                     captured.out + captured.err)

@@ -27,11 +27,16 @@ from posenas.errors import PosenasError
 PRECISIONS = ("auto", "fp32", "bf16")
 CHANNELS_LAST = ("auto", True, False)
 
-#: Model families whose FP32 training step is faster channels-last on an AVX2 CPU, measured
-#: by ``benchmarks/train_throughput.py`` (docs/benchmarks.md, "Training throughput"); a family
-#: not listed trains NCHW in FP32. Under bf16 every family trains channels-last (oneDNN's
-#: bf16 convolutions are blocked channels-last kernels).
-CHANNELS_LAST_FP32: frozenset[str] = frozenset()
+#: Model families whose FP32 training step is faster channels-last, measured by
+#: ``benchmarks/train_throughput.py`` on a 2-core AVX2 AMD EPYC (docs/benchmarks.md, "Training
+#: throughput"; channels-last / NCHW samples/s): SimpleBaseline-ResNet 1.07 (width 0.375) to
+#: 4.0 (ResNet-18: its NCHW transposed-conv head is slow), SimpleBaseline-MobileNetV2 1.31, the
+#: supernet steps of ViPNAS-ResNet 1.17, ViPNAS-MobileNetV3 1.45, EfficientPose 1.95, PNFS 1.21.
+#: A family not listed (not measured, e.g. SimpleBaseline-ResNet-50) trains NCHW in FP32. Under
+#: bf16 every family trains channels-last (oneDNN's bf16 convolutions are blocked channels-last kernels).
+CHANNELS_LAST_FP32: frozenset[str] = frozenset({
+    "simplebaseline-resnet18", "simplebaseline-mobilenetv2", "vipnas-resnet", "vipnas-mobilenetv3",
+    "efficientpose", "pnfs-mobilenetv2"})
 
 
 def native_bf16(device: torch.device) -> bool:

@@ -19,6 +19,7 @@ with the same draws.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,7 @@ def _record_reader(path: Path, bar: tqdm, evaluator: Evaluator):
     log = JsonlLog(path)  # a line torn by a crash is dropped (and redone) before anything is appended
     done = {(r.get("strategy"), r.get("index")): r for r in log.records}
     scores: list[float] = []
+    forecast = {"printed": False}
 
     def evaluate(arch, strategy: str, index: int) -> dict[str, Any]:
         record = done.get((strategy, index))
@@ -65,8 +67,14 @@ def _record_reader(path: Path, bar: tqdm, evaluator: Evaluator):
             raise PosenasError(f"{path}: line for {strategy} #{index} holds another arch than this search draws "
                                "(was the config changed?); search into a new --out")
         if record is None:
+            started = time.perf_counter()
             record = {"strategy": strategy, "index": index, "arch": arch.to_json(), **evaluator.evaluate(arch)}
             log.append(record)
+            if not forecast["printed"] and not bar.disable:  # the phase's cost, once its first candidate is timed
+                forecast["printed"] = True
+                each, left = time.perf_counter() - started, bar.total - bar.n - 1
+                tqdm.write(f"expected: {each:.1f} s a candidate (cost, BN re-calibration, val), {left} left = "
+                           f"{each * left / 60:.1f} min")
         scores.append(record["score"])
         bar.update(1)
         bar.set_postfix(best=f"{max(scores):.4f}")
