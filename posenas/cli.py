@@ -209,7 +209,26 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from posenas.export import export_onnx
 
-    report = export_onnx(args.checkpoint, args.onnx, opset=args.opset, dynamic_batch=args.dynamic_batch)
+    if args.int8 and args.precision not in (None, "int8"):
+        raise PosenasError(f"export: --int8 and --precision {args.precision} contradict each other; give one")
+    precision = "int8" if args.int8 else args.precision or "fp32"
+    if precision != "int8" and (args.calib_data is not None or args.calib_images is not None):
+        raise PosenasError("export: --calib-data and --calib-images calibrate an int8 export; add --int8")
+    if precision != "fp32":
+        from posenas.quantize import DEFAULT_CALIB_IMAGES, export_reduced
+
+        r = export_reduced(args.checkpoint, args.onnx, precision, calib_data=args.calib_data,
+                           calib_images=DEFAULT_CALIB_IMAGES if args.calib_images is None else args.calib_images,
+                           opset=args.opset, dynamic_batch=args.dynamic_batch, rewrite=not args.no_rewrite)
+        calib = r.get("calibration")
+        print(f"wrote {args.onnx} ({r['bytes'] / 1e6:.2f} MB {precision}, FP32 {r['fp32_bytes'] / 1e6:.2f} MB"
+              + (f"; calibrated on {calib['images']} {calib['split']} crops of {calib['data']}" if calib else "")
+              + f"); against FP32 on {r['crops']} real crops: max abs heatmap difference {r['max_abs_diff']:.3g} "
+              f"({r['relative']:.3g} x FP32's peak), argmax within {r['radius']} heatmap px on "
+              f"{r['agreement']:.1%} of {r['joints']} joints")
+        return 0
+    report = export_onnx(args.checkpoint, args.onnx, opset=args.opset, dynamic_batch=args.dynamic_batch,
+                         rewrite=not args.no_rewrite)
     diffs = ", ".join(f"{k} {v:.2e}" for k, v in report["max_abs_diff"].items())
     print(f"wrote {args.onnx} ({report['bytes'] / 1e6:.1f} MB, opset {report['opset']}); "
           f"parity with PyTorch, max abs heatmap difference: {diffs}")
@@ -431,6 +450,15 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--onnx", required=True, help="output .onnx file")
     x.add_argument("--opset", type=int, default=18)
     x.add_argument("--dynamic-batch", action="store_true", help="allow any batch size (default: batch 1)")
+    x.add_argument("--no-rewrite", action="store_true", help="export the model's graph as it is, without the "
+                                                             "faster equivalent rewrites (to compare or debug)")
+    x.add_argument("--int8", action="store_true", help="ONNX Runtime static int8 quantisation (QDQ), calibrated on "
+                                                       "train crops; same as --precision int8")
+    x.add_argument("--precision", choices=["fp32", "int8", "fp16"],
+                   help="fp32 (default); int8; fp16 (float16 weights and arithmetic, float32 input/output)")
+    x.add_argument("--calib-data", help="int8: dataset root whose train split gives the calibration crops "
+                                        "(default: the checkpoint's training data)")
+    x.add_argument("--calib-images", type=int, help="int8: calibration crops (default 64)")
     x.set_defaults(func=cmd_export)
 
     d = sub.add_parser("demo", help="the end-to-end demo on the built-in synthetic data")

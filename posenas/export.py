@@ -2,8 +2,10 @@
 
 The ONNX file is self-describing like the checkpoint: its metadata holds the
 architecture JSON, keypoint schema and codec, so :mod:`posenas.runtime` runs it with the
-same pre- and post-processing and no other file. The export is written only after the
-parity check passes (max abs heatmap difference ≤ 1e-4 × the heatmaps' peak, on random and real inputs).
+same pre- and post-processing and no other file. By default the graph exported is
+:mod:`posenas.export_rewrite`'s faster equivalent of the model; the export is written only
+after the parity check against the original PyTorch model passes (max abs heatmap
+difference ≤ 1e-4 × the heatmaps' peak, on random and real inputs).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from posenas.checkpoint import model_from_checkpoint
 from posenas.data.topdown import normalize_image
 from posenas.data.transforms import TopDownTransform
 from posenas.errors import PosenasError
+from posenas.export_rewrite import rewrite_for_export
 from posenas.jsonio import write_bytes
 from posenas.runtime import METADATA_PREFIX, ort_session
 
@@ -44,9 +47,18 @@ def real_input(input_size: tuple[int, int], seed: int = 0) -> torch.Tensor:
 
 
 def onnx_bytes(model: torch.nn.Module, input_size: tuple[int, int], *, opset: int = 18, dynamic_batch: bool = False,
-               metadata: dict[str, str] | None = None, where: str = "model") -> bytes:
-    """The serialised ONNX graph of a plain model (input ``image``, output ``heatmaps``)."""
+               metadata: dict[str, str] | None = None, where: str = "model", rewrite: bool = True) -> bytes:
+    """The serialised ONNX graph of a plain model (input ``image``, output ``heatmaps``).
+
+    ``rewrite`` (default): export :func:`posenas.export_rewrite.rewrite_for_export`'s copy, the
+    same function as a graph ONNX Runtime runs faster; ``model`` itself is left as it is."""
     model = model.eval()
+    if rewrite:
+        try:
+            model = rewrite_for_export(model, input_size)[0]
+        except RuntimeError as e:
+            raise PosenasError(f"{where}: export rewrite failed ({str(e).splitlines()[0][:200]}); "
+                               "export without it (--no-rewrite)") from None
     example = torch.zeros(1, 3, *input_size)
     dynamic = ({0: torch.export.Dim("batch", min=1, max=1024)},) if dynamic_batch else None
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
@@ -64,8 +76,10 @@ def onnx_bytes(model: torch.nn.Module, input_size: tuple[int, int], *, opset: in
     return proto.SerializeToString()
 
 
-def export_onnx(checkpoint: str | Path, out: str | Path, *, opset: int = 18, dynamic_batch: bool = False) -> dict:
-    """Export, check parity, then write ``out``; returns the parity report."""
+def export_onnx(checkpoint: str | Path, out: str | Path, *, opset: int = 18, dynamic_batch: bool = False,
+                rewrite: bool = True) -> dict:
+    """Export (the rewritten graph unless ``rewrite`` is False), check parity against the original
+    PyTorch model, then write ``out``; returns the parity report."""
     loaded = model_from_checkpoint(checkpoint)
     model = loaded.model.eval()
     h, w = loaded.codec.input_size
@@ -76,7 +90,8 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, opset: int = 18, dyn
         "codec": json.dumps(loaded.codec.to_dict()),
         "dynamic_batch": json.dumps(dynamic_batch),
     }
-    data = onnx_bytes(model, (h, w), opset=opset, dynamic_batch=dynamic_batch, metadata=meta, where=str(checkpoint))
+    data = onnx_bytes(model, (h, w), opset=opset, dynamic_batch=dynamic_batch, metadata=meta, where=str(checkpoint),
+                      rewrite=rewrite)
     session = ort_session(data)
     generator = torch.Generator().manual_seed(0)
     inputs = {"random": torch.randn(1, 3, h, w, generator=generator), "real": real_input((h, w))}
@@ -96,4 +111,5 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, opset: int = 18, dyn
             f"{report[worst]:.3g} > {limits[worst]:.3g} ({PARITY_TOLERANCE:g} x the heatmaps' peak); nothing written"
         )
     write_bytes(out, data)
-    return {"max_abs_diff": report, "opset": opset, "dynamic_batch": dynamic_batch, "bytes": len(data)}
+    return {"max_abs_diff": report, "opset": opset, "dynamic_batch": dynamic_batch, "bytes": len(data),
+            "rewrite": rewrite}

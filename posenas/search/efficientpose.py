@@ -56,7 +56,8 @@ from posenas.search.darts import FirstOrderObjective
 from posenas.display import format_score, heading, retrain_command, ties, warn, warn_if_alpha_unmoved
 from posenas.errors import PosenasError
 from posenas.jsonio import JsonlLog, read_json, read_jsonl, write_json, write_text
-from posenas.search.cost_table import KINDS, cached_cost_table, load_cost_table, save_cost_table, table_header
+from posenas.search.cost_table import (KINDS, cached_cost_table, check_calibration_archs, load_cost_table,
+                                      read_cost_table, save_cost_table, table_header)
 from posenas.search.rundir import open_search_dir
 from posenas.spaces.supernets import dnas_supernet_fields
 from posenas.spaces.efficientpose import (OPS, SETTINGS, CostTable, EfficientPoseArch, EfficientPoseSupernet, HeadArch,
@@ -94,6 +95,7 @@ class DNASConfig:
     latency_threads: int = 1
     latency_batch: int = 1
     latency_cold_cache: bool = True  # cpu_latency: time each op with its caches flushed (predicts networks better)
+    latency_calibration_archs: int = 8  # latency tables: whole networks timed to correct the ops' bias (0: none)
     table_runs: int = 20  # timed runs per op when measuring a latency table
     table_cache: str = "runs/cost-tables"
     random_archs: int = 8  # random strategy: M architectures ...
@@ -118,6 +120,7 @@ class DNASConfig:
         for name in ("latency_threads", "latency_batch", "table_runs", "random_archs", "random_steps"):
             if getattr(self, name) < 1:
                 raise PosenasError(f"config.search.{name}: must be >= 1, got {getattr(self, name)}")
+        check_calibration_archs(self.latency_calibration_archs, "config.search.latency_calibration_archs")
 
 
 def _paper_optim() -> OptimConfig:
@@ -158,6 +161,9 @@ class DNASObjective(FirstOrderObjective):
         model = EfficientPoseSupernet(sc.setting, sc.head_arch(), num_joints)
         model.drop_prob = sc.drop_path
         return model
+
+    def family(self) -> str:
+        return "efficientpose"
 
     def checkpoint_fields(self) -> dict:
         return {"arch": self.model.argmax_arch().to_json(), **dnas_supernet_fields(self.model)}
@@ -225,7 +231,7 @@ def run_dnas(cfg: DNASExperimentConfig, out: str | Path, resume: bool = False, p
     num_joints = load_dataset(cfg.data.root, cfg.data.val_split).schema.num_joints
     header = table_header(s.cost, sc.setting, sc.head_arch(), tuple(cfg.data.input_size), num_joints,
                           s.latency_threads, s.latency_batch, s.latency_cold_cache,
-                          s.table_runs)  # e.g. no CUDA: fails before any file
+                          s.table_runs, calibration_archs=s.latency_calibration_archs)  # e.g. no CUDA: fails before any file
     is_main = open_search_dir(out, cfg, resume)
     table_file = out / "cost_table.json"
     if not is_main:  # under torchrun rank 0 alone measures: timings taken side by side would disturb each other
@@ -234,8 +240,8 @@ def run_dnas(cfg: DNASExperimentConfig, out: str | Path, resume: bool = False, p
         header, table = load_cost_table(table_file)
     else:
         heading(f"cost table: {s.cost} of every op at its input shape")
-        _, table = cached_cost_table(s.table_cache, header, progress=progress)
-        save_cost_table(table_file, header, table)
+        cached, table = cached_cost_table(s.table_cache, header, progress=progress)
+        save_cost_table(table_file, *read_cost_table(cached))  # as measured, with its calibration
     run = out / "supernet"
     if not (run / "results.json").exists():
         heading(f"supernet training: {sc.setting} setting, alpha steps after {s.warmup_epochs} warm-up epoch(s) "
