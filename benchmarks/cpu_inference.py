@@ -1,6 +1,6 @@
 """CPU inference speed of exported models: ONNX Runtime on one thread, plain vs rewritten export.
 
-Run: .venv/bin/python -W ignore benchmarks/cpu_inference.py [--runs 20] [--input 256x192] [--nodes]
+Run: .venv/bin/python -W ignore benchmarks/cpu_inference.py [--runs 20] [--input 256x192] [--nodes [--plain-nodes]]
      [--models NAME_OR_ARCH ...] [--torch]
 
 Side by side in one run, batch 1, one thread, after warm-up: for every named model and the
@@ -12,7 +12,7 @@ alike; the rewritten export's GMAC/s and its fraction of this machine's single-t
 FP32 limit, measured by a large matmul (best of 7 trials before and 7 after; 2 FLOPs = 1 MAC).
 
 ``--nodes``: per model, ORT's own per-node times (``SessionOptions.enable_profiling``) of the
-rewritten export, summed by op kind and shape class (for convolutions: dense / depthwise /
+rewritten export (and of the plain one with ``--plain-nodes``), summed by op kind and shape class (for convolutions: dense / depthwise /
 grouped with its channels per group, kernel, output resolution, and whether ORT ran it in its
 NCHWc layout) with their GMAC/s: where the time goes, layer by layer; ReorderInput/ReorderOutput
 are ORT's conversions into and out of NCHWc. ``--torch``: the earlier
@@ -196,11 +196,12 @@ def node_profile(data: bytes, x: np.ndarray, runs: int) -> tuple[list[tuple[str,
     return [(cls, r[0], r[1], int(r[2])) for cls, r in rows.items()], total
 
 
-def print_nodes(name: str, data: bytes, x: np.ndarray, runs: int, peak: float, top: int = 14) -> None:
+def print_nodes(name: str, data: bytes, x: np.ndarray, runs: int, peak: float, which: str = "rewritten",
+                top: int = 14) -> None:
     rows, total = node_profile(data, x, runs)
     rows.sort(key=lambda r: -r[2])
     summed = sum(r[2] for r in rows)
-    print(f"\n**{name}**, rewritten export: {total:.1f} ms per run while profiled, {summed:.1f} ms in nodes\n")
+    print(f"\n**{name}**, {which} export: {total:.1f} ms per run while profiled, {summed:.1f} ms in nodes\n")
     print("| op / shape class (output resolution) | nodes | ms | share | GMAC/s | of limit |")
     print("|---|---:|---:|---:|---:|---:|")
     for cls, n, ms, macs in rows[:top]:
@@ -221,6 +222,7 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", help="named models or arch JSONs (default: every named model and the "
                                                 "shipped searched architectures)")
     ap.add_argument("--nodes", action="store_true", help="per model, ORT's per-node time by op kind and shape class")
+    ap.add_argument("--plain-nodes", action="store_true", help="with --nodes: the plain export's per-node times too")
     ap.add_argument("--torch", action="store_true", help="also the PyTorch eager vs ORT table of the named models")
     args = ap.parse_args()
     h, w = (int(v) for v in args.input.split("x"))
@@ -242,7 +244,7 @@ def main() -> None:
         fps = {k: 1000 / v for k, v in ms.items()}
         done = ", ".join(f"{k} ×{n}" for k, n in kinds.items() if k != "fold-bn") or "none"
         rows.append((name, macs, fps, done))
-        exports[name] = rewritten
+        exports[name] = (plain, rewritten)
     # the limit is the fastest the machine goes: best of the trials before and after the models
     peak = max(first, matmul_gmacs(1))
     print(f"single-thread dense FP32 limit (2048² matmul, best of 2 x 7 trials, before and after): {peak:.1f} GMAC/s\n")
@@ -253,9 +255,11 @@ def main() -> None:
         print(f"| {name} | {macs / 1e9:.3f} | {fps['plain']:.1f} | {fps['rewritten']:.1f} | "
               f"{fps['rewritten'] / fps['plain']:.2f} | {rate:.1f} | {rate / peak:.0%} | {done} |")
     if args.nodes:
-        print("\nPer-node ORT time of the rewritten exports (one thread; GMAC/s of the convolutions):")
-        for name, data in exports.items():
-            print_nodes(name, data, x, args.runs, peak)
+        print("\nPer-node ORT time of the exports (one thread; GMAC/s of the convolutions):")
+        for name, (plain, rewritten) in exports.items():
+            if args.plain_nodes:
+                print_nodes(name, plain, x, args.runs, peak, "plain")
+            print_nodes(name, rewritten, x, args.runs, peak)
     if args.torch:
         torch_table(h, w, args.runs, peak)
 

@@ -11,32 +11,36 @@ convs and grouped convs whose channels per group are a multiple of the block. An
 grouped conv falls back to per-group im2col plus tiny GEMMs, and a few ops (a broadcasting
 Mul, ReduceMean, ConvTranspose) run outside NCHWc. The rules, from ORT's per-node profile
 of S-ViPNAS-MobileNetV3 / -ResNet50 and side-by-side layer timings (2-core AMD EPYC, AVX2,
-31 GMAC/s single-thread FP32 matmul; docs/benchmarks.md, "Inference speed of exported
+31-38 GMAC/s single-thread FP32 matmul; docs/benchmarks.md, "Inference speed of exported
 models"), per grouped conv of ``c`` channels per group, ``k x k``, fed by a 1x1 conv of
 ``cin`` inputs at stride ``s``:
 
 - ``c`` = 1 or a multiple of the block: left alone (NCHWc already; 8 per group runs at
-  ~12 GMAC/s, and no rewrite measured faster: 8 depthwise convs 1.3x, merging into 16
-  or 32 per group 1.0x / 1.4x slower).
-- ``c`` divides the block (2, 4): measured 1.9-4 GMAC/s as is. Either
+  ~14 GMAC/s, and no rewrite measured faster: 8 depthwise convs 1.36x, merging into 16
+  or 32 per group 1.05x / 1.4x slower).
+- ``c`` divides the block (2, 4): 1.9-4 GMAC/s as is (ORT's per-node profile). Either
   *depthwise sum* (:class:`ExpandedDepthwiseSum`: ``c`` rotated copies of the 1x1
-  producer, ``c`` depthwise convs, summed; 2.2-2.8x faster for 2 per group 7x7) or
+  producer, ``c`` depthwise convs, summed; 2.6-3.0x faster for 2 per group 7x7) or
   *merge* (:func:`merge_groups`: block-diagonal groups of 8, 8/c times the MACs in
-  NCHWc; 1.2-1.9x faster). The sum costs ``(c-1) cin s²`` extra producer MACs per
+  NCHWc; 1.45-2.05x faster). The sum costs ``(c-1) cin s²`` extra producer MACs per
   output channel and pixel at dense speed, merging ``k² (8 - c)`` extra grouped MACs at
   depthwise speed, about half as fast: the sum is chosen when
-  ``(c-1) cin s² < 2 k² (8 - c)`` (right on 12 of 13 measured layers; the miss was a
-  tie), merging otherwise and wherever there is no 1x1 producer to copy.
+  ``(c-1) cin s² < 2 k² (8 - c)`` (the faster of the two on all 13 measured layers; one,
+  4 per group 3x3 from 24 inputs, sits on the boundary), merging otherwise and wherever
+  there is no 1x1 producer to copy.
 - other ``c`` (ViPNAS-ResNet's 5, 10, 19, 38, ...): *pad* (:func:`pad_groups`) every
   group to the next multiple of 8 with zero channels made by the producer and ignored by
   the consumer, when that multiplies the grouped MACs by at most 1.6 (19 -> 24: 1.2x
-  faster, 38 -> 40: 1.2x, 20 -> 24: 1.3x; 10 -> 16 and 5 -> 8, 2.56x the MACs, were
-  no faster or slower, so left alone).
+  faster, 38 -> 40: 1.2x, 20 -> 24: 1.4x; 12 -> 16 and 6 -> 8, 1.78x the MACs, 1.0x and
+  1.2x; 10 -> 16 and 5 -> 8, 2.56x the MACs, 1.3x and 1.1x slower, so left alone).
 - depthwise stride-2 transposed convs (ViPNAS heads): ORT's ConvTranspose ran them at
   ~1 GMAC/s; as four depthwise convs, one per output phase, interleaved
   (:class:`SubpixelDeconv`), with the head's last BN, activation and 1x1 conv moved before
-  the interleave, the MobileNetV3 head ran 2.1x faster. Dense and grouped transposed convs
-  stay: ORT's GEMM-based ConvTranspose beat the phase convs (1.5-2.3x).
+  the interleave, the MobileNetV3 head ran 2.1x faster. Grouped transposed convs stay: ORT's
+  ConvTranspose beat grouped phase convs 2x. Dense ones (the SimpleBaseline and EfficientPose
+  heads, 55-65 % of the limit in ORT) as ONE 2x2 conv making all four phases
+  (:class:`SubpixelDenseDeconv`, kind "deconv-dense") ran that conv 1.6x faster, but the
+  interleaving transposes ate the gain: whole models 0.91-1.04x, so it is not a default.
 - SE blocks: mean as an average pool and the gate spread over H x W before the multiply
   (:class:`PooledSqueezeExcite`), so ORT keeps the tensor in NCHWc instead of reordering
   it out and back (S-ViPNAS-MobileNetV3 3 % faster). The same spreading of a GC block's
@@ -45,6 +49,7 @@ models"), per grouped conv of ``c`` channels per group, ``k x k``, fed by a 1x1 
 - BatchNorm is folded into the conv before the rewrites that need it; alone it changes
   nothing ORT does not do itself, so a model no other rule applies to is exported as is.
 """
+
 from __future__ import annotations
 
 import copy
@@ -71,7 +76,8 @@ class Rewrite:
 
 def fold_bn_into(conv: nn.Conv2d | nn.ConvTranspose2d, bn: nn.BatchNorm2d) -> nn.Module:
     """A copy of ``conv`` with eval-mode ``bn`` folded in (weights scaled per output channel, bias added)."""
-    scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps) if bn.affine else 1 / torch.sqrt(bn.running_var + bn.eps)
+    inv_std = 1 / torch.sqrt(bn.running_var + bn.eps)
+    scale = bn.weight.detach() * inv_std if bn.affine else inv_std
     shift = (bn.bias.detach() if bn.affine else 0) - bn.running_mean * scale
     folded = copy.deepcopy(conv)
     w = conv.weight.detach()
@@ -259,17 +265,100 @@ class SubpixelDeconv(nn.Module):
         self.tail = tail if tail is not None else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return interleave([self.tail(conv(x)) for conv in self.phases])
+        return interleave(torch.cat([self.tail(conv(x)) for conv in self.phases], 1))
 
 
-def interleave(phases: list[torch.Tensor]) -> torch.Tensor:
-    """Four (N, C, H, W) phases (order ``2 ry + rx``) as one (N, C, 2H, 2W) map, pixel ``(2m + ry, 2n + rx)``
-    from phase ``(ry, rx)``. Two transposes, each moving one axis of size 2 (one ORT Transpose of all
-    three, or a DepthToSpace, measured 3x slower)."""
-    n, c, h, w = phases[0].shape
-    y = torch.cat(phases, 1).view(n, 2, 2, c, h, w)                # (N, ry, rx, C, H, W)
+def interleave(phases: torch.Tensor) -> torch.Tensor:
+    """Four phases stacked on the channels, (N, 4C, H, W) in order ``2 ry + rx``, as one (N, C, 2H, 2W)
+    map, pixel ``(2m + ry, 2n + rx)`` from phase ``(ry, rx)``. Two transposes, each moving one axis of
+    size 2 (one ORT Transpose of all three, or a DepthToSpace, measured 3x slower)."""
+    n, c4, h, w = phases.shape
+    c = c4 // 4
+    y = phases.view(n, 2, 2, c, h, w)                               # (N, ry, rx, C, H, W)
     y = y.permute(0, 1, 3, 4, 5, 2).reshape(n, 2, c, h, 2 * w)      # rx innermost: rows of width 2W
     return y.permute(0, 2, 3, 1, 4).reshape(n, c, 2 * h, 2 * w)     # ry between rows
+
+
+def _phase_taps(kernel: int, padding: int) -> dict[int, dict[int, int]]:
+    """Per output phase r (per axis), input offset d -> transposed-conv tap ``r + p - 2d``."""
+    return {r: {d: r + padding - 2 * d for d in range(-kernel, kernel + 1) if 0 <= r + padding - 2 * d < kernel}
+            for r in (0, 1)}
+
+
+def replicate_per_phase(tail: nn.Module, phases: int = 4) -> nn.Module:
+    """``tail`` (activations, BatchNorm2d, dense 1x1 convs) acting on ``phases`` channel blocks at once:
+    its 1x1 convs become grouped convs of ``phases`` groups with the same weights in every group."""
+    out = []
+    for m in (tail if isinstance(tail, nn.Sequential) else [tail]):
+        if isinstance(m, nn.Sequential):
+            out.append(replicate_per_phase(m, phases))
+        elif isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.groups == 1 and m.stride == (1, 1):
+            conv = nn.Conv2d(m.in_channels * phases, m.out_channels * phases, 1, groups=phases, bias=m.bias is not None)
+            conv.weight = nn.Parameter(m.weight.detach().repeat(phases, 1, 1, 1))
+            if m.bias is not None:
+                conv.bias = nn.Parameter(m.bias.detach().repeat(phases))
+            out.append(conv)
+        elif isinstance(m, nn.BatchNorm2d):
+            bn = copy.deepcopy(m)
+            bn.num_features *= phases
+            for key in ("weight", "bias"):
+                if getattr(m, key) is not None:
+                    setattr(bn, key, nn.Parameter(getattr(m, key).detach().repeat(phases)))
+            for key in ("running_mean", "running_var"):
+                setattr(bn, key, getattr(m, key).repeat(phases))
+            out.append(bn)
+        elif isinstance(m, (nn.Identity, nn.ReLU, nn.ReLU6, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.SiLU)):
+            out.append(m)
+        else:
+            raise ValueError(f"replicate_per_phase: {type(m).__name__} is not per pixel")
+    return nn.Sequential(*out)
+
+
+class SubpixelDenseDeconv(nn.Module):
+    """A dense stride-2 ``ConvTranspose2d`` as ONE conv making all four output phases, interleaved.
+
+    Kernel 4 (padding 1): each phase reads a 2x2 window, phase 0 at rows ``m-1, m``, phase 1 at
+    ``m, m+1``; a 2x2 conv with padding 1 gives every window once, ``(H+1) x (W+1)`` of them,
+    for ``4 C_out`` channels: the transposed conv's MACs (x (1 + 1/H)(1 + 1/W)) in one dense NCHWc
+    conv. Interleaving the phases in the order (1, 0) and cropping one pixel on each side gives
+    the output (in general: phase windows of equal size whose starts differ by 0 or 1). ``tail``:
+    per-pixel modules run on all phases before the interleave (:func:`replicate_per_phase`).
+    """
+
+    def __init__(self, deconv: nn.ConvTranspose2d, tail: nn.Module | None = None):
+        super().__init__()
+        k, p = deconv.kernel_size[0], deconv.padding[0]
+        if deconv.groups != 1 or deconv.stride != (2, 2) or deconv.dilation != (1, 1) \
+                or deconv.kernel_size != (k, k) or deconv.padding != (p, p):
+            raise ValueError("SubpixelDenseDeconv: dense, stride-2, undilated, square transposed convs only")
+        taps = _phase_taps(k, p)
+        lo = {r: min(taps[r]) for r in (0, 1)}
+        size = max(max(taps[r]) - lo[r] + 1 for r in (0, 1))
+        shift = {r: lo[r] + size - 1 for r in (0, 1)}  # phase r at m is conv output m + shift[r]
+        if shift[1] - shift[0] not in (0, 1):
+            raise ValueError(f"SubpixelDenseDeconv: kernel {k}, padding {p} not supported")
+        swapped = shift[1] == shift[0] + 1
+        order = (1, 0) if swapped else (0, 1)
+        self.offset = 2 * shift[0] + (1 if swapped else 0)
+        cin, cout = deconv.in_channels, deconv.out_channels
+        wc = deconv.weight.detach().transpose(0, 1)  # (cout, cin, k, k)
+        kernel = wc.new_zeros(4 * cout, cin, size, size)
+        for i, ry in enumerate(order):
+            for j, rx in enumerate(order):
+                rows = slice((2 * i + j) * cout, (2 * i + j + 1) * cout)
+                for dy, ty in taps[ry].items():
+                    for dx, tx in taps[rx].items():
+                        kernel[rows, :, dy - lo[ry], dx - lo[rx]] = wc[:, :, ty, tx]
+        self.conv = nn.Conv2d(cin, 4 * cout, size, 1, size - 1, bias=deconv.bias is not None)
+        self.conv.weight = nn.Parameter(kernel)
+        if deconv.bias is not None:
+            self.conv.bias = nn.Parameter(deconv.bias.detach().repeat(4))
+        self.tail = replicate_per_phase(tail) if tail is not None else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        y = interleave(self.tail(self.conv(x)))
+        return y[:, :, self.offset:self.offset + 2 * h, self.offset:self.offset + 2 * w]
 
 
 # ----------------------------------------------------------------------------- attention blocks
@@ -298,7 +387,10 @@ class PooledSqueezeExcite(nn.Module):
 # ----------------------------------------------------------------------------- the rules
 
 #: Every rewrite kind; ``rewrite_for_export(kinds=...)`` applies a subset.
-KINDS = ("fold-bn", "grouped-depthwise-sum", "grouped-merge", "grouped-pad", "se-pooled", "deconv-subpixel")
+KINDS = ("fold-bn", "grouped-depthwise-sum", "grouped-merge", "grouped-pad", "se-pooled", "deconv-subpixel",
+         "deconv-dense")
+#: The kinds applied by default: "deconv-dense" measured no faster (see the module docstring).
+DEFAULT_KINDS = tuple(k for k in KINDS if k != "deconv-dense")
 #: Dense 1x1 convs run about this many times faster per MAC than depthwise or 8-per-group convs.
 DENSE_SPEEDUP = 2.0
 #: Pad groups only when that multiplies the grouped conv's MACs by at most this.
@@ -367,12 +459,22 @@ def _act(block: nn.Module) -> nn.Module:
     return getattr(block, "act", None) or nn.Identity()
 
 
-def is_depthwise_deconv(m: nn.Module) -> bool:
-    """A depthwise stride-2 transposed conv that exactly doubles H and W (what :class:`SubpixelDeconv` takes)."""
-    if not isinstance(m, nn.ConvTranspose2d) or not m.groups == m.in_channels == m.out_channels:
+def _doubling_deconv(m: nn.Module) -> bool:
+    """A square, undilated stride-2 transposed conv that exactly doubles H and W."""
+    if not isinstance(m, nn.ConvTranspose2d):
         return False
     (k, k2), (p, p2), (o, o2) = m.kernel_size, m.padding, m.output_padding
     return m.stride == (2, 2) and m.dilation == (1, 1) and (k, p, o) == (k2, p2, o2) and k + o - 2 * p == 2
+
+
+def is_depthwise_deconv(m: nn.Module) -> bool:
+    """What :class:`SubpixelDeconv` takes by the rules: a depthwise doubling transposed conv."""
+    return _doubling_deconv(m) and m.groups == m.in_channels == m.out_channels
+
+
+def is_dense_deconv(m: nn.Module) -> bool:
+    """What :class:`SubpixelDenseDeconv` takes: a dense doubling transposed conv."""
+    return _doubling_deconv(m) and m.groups == 1
 
 
 def _rewrite_grouped(name: str, block: nn.Module, producer_attr: str, grouped_attr: str, consumer_attr: str,
@@ -412,12 +514,12 @@ def _rewrite_grouped(name: str, block: nn.Module, producer_attr: str, grouped_at
 def rewrite_for_export(model: nn.Module, input_size: tuple[int, int], kinds: tuple[str, ...] | None = None,
                        block: int | None = None) -> tuple[nn.Module, list[Rewrite]]:
     """A rewritten eval-mode copy of ``model`` and the rewrites applied (``kinds``: allowed kinds,
-    default all; ``block``: ORT's NCHWc block, default :func:`nchwc_block`). By default BN
+    default :data:`DEFAULT_KINDS`; ``block``: ORT's NCHWc block, default :func:`nchwc_block`). By default BN
     folding is kept only where another rewrite applies (it serves them; ORT folds BN itself).
 
     The same rewrites are also applied to a float64 copy and checked, at one ``input_size``
     input, to compute what the original does (:func:`check_same`)."""
-    allowed = set(KINDS if kinds is None else kinds)
+    allowed = set(DEFAULT_KINDS if kinds is None else kinds)
     unknown = allowed - set(KINDS)
     if unknown:
         raise ValueError(f"unknown rewrite kinds {sorted(unknown)}; allowed: {', '.join(KINDS)}")
@@ -451,21 +553,25 @@ def _apply(model: nn.Module, allowed: set[str], block: int) -> list[Rewrite]:
             r = _rewrite_grouped(name, m, "conv1", "conv2", "conv3", allowed, block)
         if r is not None:
             done.append(r)
-    if "deconv-subpixel" in allowed:
+    deconvs = {"deconv-subpixel": (is_depthwise_deconv, SubpixelDeconv, "depthwise"),
+               "deconv-dense": (is_dense_deconv, SubpixelDenseDeconv, "dense")}
+    for kind, (takes, rewrite, what) in deconvs.items():
+        if kind not in allowed:
+            continue
         for name, m in list(model.named_modules()):
-            if isinstance(m, DeconvHead) and len(m.deconvs) and is_depthwise_deconv(m.deconvs[-1].deconv) \
+            if isinstance(m, DeconvHead) and len(m.deconvs) and takes(getattr(m.deconvs[-1], "deconv", None)) \
                     and m.final.kernel_size == (1, 1):
                 last = m.deconvs[-1]
                 # its BN, act and the 1x1 final conv are per pixel: they commute with the interleave
                 per_pixel = [child for key, child in last.named_children() if key != "deconv"]
-                m.deconvs[-1] = SubpixelDeconv(last.deconv, nn.Sequential(*per_pixel, m.final))
+                m.deconvs[-1] = rewrite(last.deconv, nn.Sequential(*per_pixel, m.final))
                 m.final = nn.Identity()
-                done.append(Rewrite(f"{name}.deconvs.{len(m.deconvs) - 1}.deconv", "deconv-subpixel",
-                                    "depthwise, with its BN, activation and the final 1x1 conv per phase"))
+                done.append(Rewrite(f"{name}.deconvs.{len(m.deconvs) - 1}.deconv", kind,
+                                    f"{what}, with its BN, activation and the final 1x1 conv per phase"))
         for name, m in list(model.named_modules()):
-            if is_depthwise_deconv(m):
-                _set(model, name, SubpixelDeconv(m))
-                done.append(Rewrite(name, "deconv-subpixel", "depthwise"))
+            if takes(m):
+                _set(model, name, rewrite(m))
+                done.append(Rewrite(name, kind, what))
     for name, m in list(model.named_modules()):
         if isinstance(m, SqueezeExcite) and "se-pooled" in allowed:
             _set(model, name, PooledSqueezeExcite(m))

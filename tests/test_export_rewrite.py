@@ -14,8 +14,8 @@ from posenas.checkpoint import save_checkpoint
 from posenas.codecs.heatmap import HeatmapCodec
 from posenas.export import PARITY_TOLERANCE, export_onnx, onnx_bytes
 from posenas.export_rewrite import (KINDS, ExpandedDepthwiseSum, PooledSqueezeExcite, SubpixelDeconv,
-                                    choose_grouped, fold_batchnorms, is_depthwise_deconv, merge_groups, nchwc_block,
-                                    pad_groups, rewrite_for_export)
+                                    SubpixelDenseDeconv, choose_grouped, fold_batchnorms, is_depthwise_deconv,
+                                    merge_groups, nchwc_block, pad_groups, rewrite_for_export)
 from posenas.models.blocks import SqueezeExcite
 from posenas.resources import resolve_config
 from posenas.runtime import ort_session
@@ -138,6 +138,19 @@ def test_subpixel_deconv_is_the_transposed_conv(cin, cout, groups, kernel, float
         assert_same(tail(deconv(x)), SubpixelDeconv(deconv, tail)(x))
 
 
+@pytest.mark.parametrize("kernel", [4, 3, 2])
+def test_one_conv_subpixel_dense_deconv_is_the_transposed_conv(kernel, float64):
+    padding, output_padding = {4: (1, 0), 3: (1, 1), 2: (0, 0)}[kernel]
+    deconv = randomize(nn.ConvTranspose2d(8, 12, kernel, 2, padding, output_padding, bias=False))
+    tail = randomize(nn.Sequential(nn.BatchNorm2d(12), nn.ReLU(), nn.Conv2d(12, 5, 1)))
+    x = torch.randn(2, 8, 5, 4)
+    rewritten = SubpixelDenseDeconv(deconv)
+    assert rewritten.conv.kernel_size == ((1, 1) if kernel == 2 else (2, 2))  # the transposed conv's MACs, not more
+    with torch.no_grad():
+        assert_same(deconv(x), rewritten(x))
+        assert_same(tail(deconv(x)), SubpixelDenseDeconv(deconv, tail)(x))
+
+
 def test_squeeze_excite_rewrite_keeps_the_function(float64):
     x = torch.randn(2, 16, 6, 5)
     se = randomize(SqueezeExcite(16, gate="hsigmoid"))
@@ -157,14 +170,16 @@ SMALL_ARCHS = [
      "head": {"widths": [32, 32, 32], "groups": [32, 8, 1], "kernels": [4, 2, 4]}}, True),
     ({"space": "simplebaseline", "backbone": "resnet18", "width_mult": 0.25,
       "head": {"widths": [16, 16, 16], "kernels": [4, 4, 4]}}, False),
-    ({"space": "simplebaseline", "backbone": "mobilenetv2", "width_mult": 0.25, "head": {"widths": [16, 16, 16]}}, False),
+    ({"space": "simplebaseline", "backbone": "mobilenetv2", "width_mult": 0.25,
+      "head": {"widths": [16, 16, 16]}}, False),
     ({**json.loads(resolve_config("efficientpose/k3e6-small", "arch").read_text()),
       "head": {"widths": [32, 16], "sic": True, "upsample": "mbv1"}}, True),  # depthwise transposed convs
     ({**json.loads(resolve_config("pnfs/mobilenetv2-p3-coco", "arch").read_text()), "layers": 1, "scales": 2}, False),
 ]
 
 
-@pytest.mark.parametrize("arch,by_default", SMALL_ARCHS, ids=[a["space"] + "-" + a.get("backbone", "") for a, _ in SMALL_ARCHS])
+@pytest.mark.parametrize("arch,by_default", SMALL_ARCHS,
+                         ids=[a["space"] + "-" + a.get("backbone", "") for a, _ in SMALL_ARCHS])
 def test_rewritten_models_of_every_space_compute_the_same(arch, by_default, float64):
     model = randomize(build_model(arch, 17))
     x = torch.randn(1, 3, 32, 32)
@@ -272,3 +287,15 @@ def test_exported_graph_is_rewritten_by_default_and_keeps_parity(tmp_path):
     assert np.abs(ref).max() > 0.1
     assert np.abs(session.run(None, {"image": x.numpy()})[0] - ref).max() <= PARITY_TOLERANCE * np.abs(ref).max()
     assert json.loads(session.get_modelmeta().custom_metadata_map["posenas.arch"])["space"] == "vipnas-mobilenetv3"
+
+
+def test_cli_no_rewrite_exports_the_model_as_it_is(tmp_path, monkeypatch):
+    import posenas.export
+    from posenas.cli import main
+
+    seen = []
+    monkeypatch.setattr(posenas.export, "export_onnx", lambda ckpt, out, **kw: seen.append(kw["rewrite"]) or
+                        {"max_abs_diff": {"random": 0.0}, "opset": 18, "bytes": 1})
+    assert main(["export", "m.pt", "--onnx", str(tmp_path / "m.onnx")]) == 0
+    assert main(["export", "m.pt", "--onnx", str(tmp_path / "m.onnx"), "--no-rewrite"]) == 0
+    assert seen == [True, False]
