@@ -6,7 +6,9 @@ A single process is the world of size 1, so the training loop has one code path.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any, Callable, Iterator, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -81,3 +83,65 @@ def init_world(device_name: str) -> World:
 def close_world(world: World) -> None:
     if world.size > 1 and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def env_rank() -> tuple[int, int]:
+    """(rank, world size) as torchrun sets them, without joining a process group."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+@contextmanager
+def single_process() -> Iterator[None]:
+    """Inside: this process is a world of its own (``RANK=0``, ``WORLD_SIZE=1``), so a
+    :func:`posenas.engine.train.train` call is the plain 1-process run, whatever torchrun
+    started it; ``LOCAL_RANK`` stays, so each rank keeps its own GPU. Why: a search that gives
+    each rank whole trainings of its own (EfficientPose's random baseline) must get runs
+    identical to a 1-process search's, not one DDP run over all ranks."""
+    saved = {k: os.environ.get(k) for k in ("RANK", "WORLD_SIZE")}
+    os.environ.update(RANK="0", WORLD_SIZE="1")
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def gather(world: World, value: Any) -> list[Any]:
+    """Every rank's ``value`` (plain JSON-able data), in rank order, on every rank."""
+    if world.size == 1:
+        return [value]
+    out: list[Any] = [None] * world.size
+    dist.all_gather_object(out, value)
+    return out
+
+
+_T = TypeVar("_T")
+
+
+def on_main(world: World, fn: Callable[[], _T]) -> _T:
+    """``fn()`` run on rank 0 alone and its result (plain data) handed to every rank; a
+    :class:`PosenasError` it raises is raised on every rank, so all stop with the same
+    one-line message instead of the others waiting for rank 0. Why: a decision that
+    involves a measurement (a latency budget) must be taken once, not once per rank."""
+    if world.size == 1:
+        return fn()
+    box: list[Any] = [None]
+    if world.is_main:
+        try:
+            box[0] = ("ok", fn())
+        except PosenasError as error:
+            box[0] = ("error", str(error))
+    dist.broadcast_object_list(box, src=0)
+    kind, value = box[0]
+    if kind == "error":
+        raise PosenasError(value)
+    return value
+
+
+def share_note(rank: int, size: int, text: str) -> None:
+    """One line per rank on how a search's work was shared out (printed only when there are several)."""
+    if size > 1:
+        print(f"rank {rank} of {size}: {text}", flush=True)

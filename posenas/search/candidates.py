@@ -93,6 +93,17 @@ class Evaluator:
             self._costs[key] = cost
         return self._costs[key]
 
+    def known_cost(self, arch: ViPNASArch) -> dict[str, Any] | None:
+        """The full cost already measured for ``arch`` (a latency budget's check measures it), else None."""
+        return self._costs.get(arch_key(arch))
+
+    def adopt_cost(self, arch: ViPNASArch, cost: dict[str, Any]) -> None:
+        """Take the cost another rank measured: under torchrun the rank that draws a candidate
+        against a latency budget measures it once, and the record of whichever rank scores it
+        holds that measurement (the one the budget was checked against)."""
+        self._costs[arch_key(arch)] = dict(cost)
+        self._macs[arch_key(arch)] = cost["gmacs"]
+
     def fits(self, arch: ViPNASArch) -> bool:
         """Within the budget (GMACs checked first: it needs no timing)."""
         cfg = self.cfg

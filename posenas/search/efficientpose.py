@@ -50,6 +50,7 @@ from posenas.cost import count_macs, count_params
 from posenas.data.layout import load_dataset
 from posenas.data.transforms import AugmentConfig
 from posenas.engine.config import DataConfig, ModelConfig, OptimConfig, TrainConfig, TrainingSections
+from posenas.engine.distributed import env_rank, share_note, single_process
 from posenas.engine.predict import primary_value
 from posenas.engine.train import interruptible, train
 from posenas.search.darts import FirstOrderObjective
@@ -292,44 +293,94 @@ def run_random_search(cfg: DNASExperimentConfig, out: str | Path, resume: bool =
     """The paper's random-search baseline (resumable): ``random_archs`` architectures drawn
     uniformly (seeded), each trained from scratch for ``random_steps`` steps with the run's
     recipe and scored on the val split; the best is kept. Writes ``candidates.jsonl``,
-    ``best_arch.json`` and ``results.json``; each candidate's training run is ``random/NN/``."""
+    ``best_arch.json`` and ``results.json``; each candidate's training run is ``random/NN/``.
+
+    Under torchrun arch ``i`` is trained by rank ``i % N``, as a 1-process run
+    (:func:`single_process`), so every training is the one a 1-process search makes. The
+    results are gathered through the run folder: rank 0 waits for each ``random/NN/results.json``
+    and appends the records in index order. Why files and not a collective: each training
+    already writes its results there (a resumed search reads them back), a training lasts
+    far longer than a collective's timeout, and the ranks need nothing from each other."""
     out = Path(out)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise PosenasError("the random-search baseline runs in one process; start it without torchrun")
-    open_search_dir(out, cfg, resume)
+    is_main = open_search_dir(out, cfg, resume)
+    rank, size = env_rank()
     s = cfg.search
     archs = random_search_archs(cfg)
     path = out / "candidates.jsonl"
-    log = JsonlLog(path)  # a line torn by a crash is dropped (and redone) before anything is appended
-    done = {r["index"]: r for r in log.records}
-    records = []
-    size = tuple(cfg.data.input_size)
-    heading(f"random search: {len(archs)} archs, {s.random_steps} training steps each, into {out / 'random'}")
+    # a line torn by a crash is dropped (and redone) before anything is appended: rank 0 alone writes the file
+    log = JsonlLog(path) if is_main else None
+    done = {r["index"]: r for r in (log.records if log is not None else read_jsonl(path) if path.exists() else [])}
     for i, arch in enumerate(archs):
         if i in done and done[i].get("arch") != arch.to_json():
             raise PosenasError(f"{path}: line for #{i} holds another arch than this search draws (was the config "
                                "changed?); search into a new --out")
-        if i not in done:
-            run = out / "random" / f"{i:02d}"
-            base = cfg.training()
-            training = replace(base, model=ModelConfig(arch=arch.to_json()),
-                               train=replace(base.train, max_steps=s.random_steps, epochs=10**6, val_every=0))
-            if not (run / "results.json").exists():
-                train(training, run, resume=(run / "checkpoints" / "last.pt").exists(), progress=progress)
-            val = read_json(run / "results.json")
-            model = model_from_checkpoint(run / "checkpoints" / "last.pt").model
-            done[i] = {"index": i, "arch": arch.to_json(), "gmacs": count_macs(model, size)[0] / 1e9,
-                       "params_m": count_params(model) / 1e6, "metric": val["metric"],
-                       "score": primary_value(val["metric"], val), "val": val}
-            log.append(done[i])
-        records.append(done[i])
+    heading(f"random search: {len(archs)} archs, {s.random_steps} training steps each, into {out / 'random'}"
+            + (f", shared over {size} processes" if size > 1 else ""))
+    gathered = _RandomRecords(cfg, out, archs, done, log)
+    mine = [i for i in range(len(archs)) if i % size == rank and i not in done]
+    for i in mine:
+        run = out / "random" / f"{i:02d}"
+        if not (run / "results.json").exists():
+            with single_process():
+                train(_random_training(cfg, archs[i]), run, resume=(run / "checkpoints" / "last.pt").exists(),
+                      progress=progress and is_main)
+        if is_main:
+            gathered.collect(wait=False)  # what is finished so far, in index order
+    share_note(rank, size, f"trained {len(mine)} of {len(archs)} random archs"
+               + (f" (#{', #'.join(map(str, mine))})" if mine else ""))
+    if not is_main:
+        return {}
+    records = gathered.collect(wait=True)
     best = max(records, key=lambda r: r["score"])
-
     save_arch_file(out / "best_arch.json", arch_from_json(best["arch"]))
     summary = {"strategy": "random", "best": best, "evaluations": len(records),
                "steps_each": s.random_steps, "records": [{"index": r["index"], "score": r["score"]} for r in records]}
     write_json(out / "results.json", summary, indent=2)
     return summary
+
+
+def _random_training(cfg: DNASExperimentConfig, arch: EfficientPoseArch):
+    """The training run of one random arch: the search's recipe, ``random_steps`` steps."""
+    base = cfg.training()
+    return replace(base, model=ModelConfig(arch=arch.to_json()),
+                   train=replace(base.train, max_steps=cfg.search.random_steps, epochs=10**6, val_every=0))
+
+
+class _RandomRecords:
+    """Rank 0's view of the random search: appends each arch's record to ``candidates.jsonl``
+    in index order, once its training run (by any rank) has finished."""
+
+    def __init__(self, cfg: DNASExperimentConfig, out: Path, archs: list[EfficientPoseArch], done: dict[int, dict],
+                 log: JsonlLog | None):
+        self.out, self.archs, self.done, self.log = out, archs, done, log
+        self.size = tuple(cfg.data.input_size)
+        self.next = 0
+
+    def collect(self, wait: bool) -> list[dict]:
+        """Records up to the first arch still training (``wait``: all of them, waiting for the other ranks)."""
+        announced = False
+        while self.next < len(self.archs):
+            i = self.next
+            if i not in self.done:
+                run = self.out / "random" / f"{i:02d}"
+                while not (run / "results.json").exists():
+                    if not wait:
+                        return []
+                    if not announced:
+                        heading("waiting for the other processes' trainings")
+                        announced = True
+                    time.sleep(1.0)
+                self.done[i] = self._record(i, run)
+                self.log.append(self.done[i])
+            self.next += 1
+        return [self.done[i] for i in range(len(self.archs))]
+
+    def _record(self, i: int, run: Path) -> dict:
+        val = read_json(run / "results.json")
+        model = model_from_checkpoint(run / "checkpoints" / "last.pt").model
+        return {"index": i, "arch": self.archs[i].to_json(), "gmacs": count_macs(model, self.size)[0] / 1e9,
+                "params_m": count_params(model) / 1e6, "metric": val["metric"],
+                "score": primary_value(val["metric"], val), "val": val}
 
 
 @interruptible
