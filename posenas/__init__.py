@@ -4,7 +4,8 @@ __version__ = "0.1.0"
 
 #: The Python API (:mod:`posenas.api`), imported on first use so that ``import posenas``
 #: (and the CLI's start-up) stays fast: torch loads only when a verb is called.
-_API = ("load", "Predictor", "Pose", "evaluate", "profile", "build_model", "load_arch", "resolve_config")
+_API = ("load", "Predictor", "Pose", "evaluate", "profile", "build_model", "load_arch", "compare",
+        "resolve_config")
 
 __all__ = ["__version__", *_API]
 

@@ -154,4 +154,14 @@ def evaluate(gt: str | os.PathLike | PoseDataset, pred: str | os.PathLike | list
     return evaluate_file(dataset, Path(pred), metric)[1]
 
 
-__all__ = ["Pose", "Predictor", "load", "load_arch", "build_model", "profile", "evaluate", "resolve_config"]
+def compare(runs: Sequence[str | os.PathLike], out: str | os.PathLike, *, quiet: bool = True) -> dict:
+    """Compare search and training runs, as ``posenas compare RUN ... --out DIR``: writes
+    ``compare.md``, ``compare.json``, ``pareto_gmacs.png`` and ``pareto_latency.png`` into
+    ``out`` and returns the JSON (``picks``, ``methods`` with mean / std, every ``points``)."""
+    from posenas.comparison import compare as _compare
+
+    return _compare(list(runs), out, quiet=quiet)
+
+
+__all__ = ["Pose", "Predictor", "load", "load_arch", "build_model", "profile", "evaluate", "compare",
+           "resolve_config"]

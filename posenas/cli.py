@@ -34,7 +34,7 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
     width, height = args.size if args.size else (None, None)
     spec = default_spec(
         args.format, train=args.train, val=args.val, seed=args.seed, max_people=args.max_people,
-        width=width, height=height, frames=args.frames, max_yaw=args.max_yaw,
+        width=width, height=height, frames=args.frames, max_yaw=args.max_yaw, scenes=args.scenes,
     )
     report = synthesize(args.out, spec, workers=args.workers, overwrite=args.overwrite, progress=not args.quiet)
     if "seconds" not in report:
@@ -206,6 +206,13 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from posenas.comparison import compare
+
+    compare(args.runs, args.out)
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from posenas.export import export_onnx
 
@@ -346,6 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--frames", type=int, help="frames per video (posetrack; default 30)")
     s.add_argument("--max-yaw", type=float, help="people face the camera within +-DEG degrees "
                    "(default 60; 180 adds side and back views, much harder to learn)")
+    s.add_argument("--scenes", help="scene difficulty preset: default, or proxy (one or two large, "
+                   "fully visible people, little clutter: the benchmark tier for searches on a CPU)")
     s.add_argument("--workers", type=int, help="render processes (default: all cores)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing dataset made with other settings")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -389,6 +398,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--quiet", action="store_true", help="no progress bars")
     q.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides such as search.max_gmacs=0.05")
     q.set_defaults(func=cmd_search)
+
+    m = sub.add_parser("compare", help="compare search and training runs: picks side by side, mean ± std per "
+                                       "method, Pareto plots of AP vs GMACs and latency")
+    m.add_argument("runs", nargs="+", metavar="RUN", help="run directories (posenas search / posenas train --out)")
+    m.add_argument("--out", required=True, help="folder for compare.md, compare.json, pareto_gmacs.png, "
+                                                "pareto_latency.png")
+    m.set_defaults(func=cmd_compare)
 
     e = sub.add_parser("eval", help="evaluate predictions (--gt/--pred) or a checkpoint (--checkpoint/--data)")
     e.add_argument("--gt", help="ground truth: dataset root or annotation file")

@@ -88,3 +88,24 @@ def test_cli_synth_and_bad_arguments(tmp_path, capsys):
     assert main(["data", "synth", "--out", str(tmp_path / "x"), "--max-people", "0"]) == 2
     assert "--max-people: must be between 1 and 12" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_proxy_scene_preset_makes_large_fully_visible_people(tmp_path, capsys):
+    heights = {}
+    for scenes in ("default", "proxy"):
+        out = tmp_path / scenes
+        assert main(["data", "synth", "--out", str(out), "--train", "24", "--val", "0", "--quiet", "--workers", "1",
+                     "--scenes", scenes, "--max-people", "2"]) == 0
+        ds = load_dataset(out, "train")
+        people = [p for img in ds.images for p in img.people]
+        heights[scenes] = np.mean([p.bbox[3] / img.height for img in ds.images for p in img.people])
+        if scenes == "proxy":
+            assert json.loads((out / "manifest.json").read_text())["spec"]["scenes"] == "proxy"
+            inside = [((p.keypoints[:, 2] == 0) | ((p.keypoints[:, 0] >= 0) & (p.keypoints[:, 0] < img.width)
+                                                   & (p.keypoints[:, 1] >= 0) & (p.keypoints[:, 1] < img.height))).all()
+                      for img in ds.images for p in img.people]
+            assert all(inside) and len(people) >= 24  # nobody placed partly outside the frame
+    assert heights["proxy"] > 1.3 * heights["default"]
+    assert main(["data", "synth", "--out", str(tmp_path / "x"), "--scenes", "hard"]) == 2
+    assert "--scenes: unknown preset 'hard'; allowed: default, proxy" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -48,6 +48,16 @@ DEFAULTS: dict[str, dict[str, int]] = {
     "posetrack": {"train": 24, "val": 8, "max_people": 3},
 }
 
+#: Scene difficulty presets (``data synth --scenes``): SceneConfig fields that differ from its defaults.
+#: "proxy" is the benchmark tier on which architecture differences show within CPU budgets
+#: (docs/benchmarks.md, "Proxy benchmark tier"): one or two large, fully visible people, little
+#: clutter, rare occluders and blur.
+SCENE_PRESETS: dict[str, dict[str, float | int]] = {
+    "default": {},
+    "proxy": {"min_person_height": 0.5, "edge_prob": 0.0, "overlap_prob": 0.0, "clutter": 0.3,
+              "occluder_prob": 0.1, "blur_prob": 0.1, "max_noise": 4.0, "lighting": 0.5},
+}
+
 #: MPII annotates only people that are reasonably in view.
 MPII_MIN_LABELLED = 4
 
@@ -67,6 +77,7 @@ class SynthSpec:
     height: int = 256
     frames: int = 30  # frames per video (posetrack)
     max_yaw: float = 60.0  # people face the camera within +-max_yaw degrees (180: any direction)
+    scenes: str = "default"  # a SCENE_PRESETS name
     version: int = field(default=GENERATOR_VERSION)
 
     def __post_init__(self) -> None:
@@ -83,12 +94,15 @@ class SynthSpec:
             raise PosenasError(f"--size: width and height must be between 64 and 2048, got {self.width}x{self.height}")
         if not 0 <= self.max_yaw <= 180:
             raise PosenasError(f"--max-yaw: must be between 0 and 180 degrees, got {self.max_yaw}")
+        if self.scenes not in SCENE_PRESETS:
+            raise PosenasError(f"--scenes: unknown preset {self.scenes!r}; allowed: {', '.join(SCENE_PRESETS)}")
         if self.format == "posetrack" and not 2 <= self.frames <= 1000:
             raise PosenasError(f"--frames: must be between 2 and 1000, got {self.frames}")
 
     @property
     def scene(self) -> SceneConfig:
-        return SceneConfig(width=self.width, height=self.height, max_people=self.max_people, max_yaw=self.max_yaw)
+        return SceneConfig(width=self.width, height=self.height, max_people=self.max_people, max_yaw=self.max_yaw,
+                           **SCENE_PRESETS[self.scenes])
 
 
 def default_spec(fmt: str = "coco", **overrides) -> SynthSpec:
