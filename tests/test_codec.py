@@ -189,3 +189,29 @@ def test_dict_round_trip_and_errors():
     for value, message in bad:
         with pytest.raises(PosenasError, match=message):
             HeatmapCodec.from_dict(value)
+
+
+@pytest.mark.parametrize("sigma", [1.0, 1.5, 2.0])
+def test_dark_decode_finds_the_sub_pixel_peak_where_quarter_steps_cannot(sigma):
+    rng = np.random.default_rng(0)
+    dark = HeatmapCodec((96, 64), (24, 16), sigma, decode_with="dark")
+    quarter = HeatmapCodec((96, 64), (24, 16), sigma)
+    # joints at least 5 heatmap px from the border (DARK's 5x5 neighbourhood and the Gaussian's body on the map)
+    kp = np.c_[rng.uniform(20, 44, 200), rng.uniform(20, 76, 200), np.ones(200)]
+    hm = np.stack([dark.encode(k[None])[0][0] for k in kp])[None]  # (1, 200, 24, 16)
+    err_dark = np.abs(dark.decode(hm)[0][0] - kp[:, :2]) / 4
+    err_quarter = np.abs(quarter.decode(hm)[0][0] - kp[:, :2]) / 4
+    assert err_quarter.mean() > 0.1  # the quarter step's quantisation
+    assert err_dark.max() < 0.2 and err_dark.mean() < 0.02
+    # near the border DARK falls back to the quarter step rather than a biased Newton step
+    edge = np.array([[1.0 * 4, 40.0, 1.0], [62.0, 4.0, 1.0]])
+    hm = np.stack([dark.encode(k[None])[0][0] for k in edge])[None]
+    np.testing.assert_allclose(dark.decode(hm)[0], quarter.decode(hm)[0])
+
+
+def test_dark_decode_survives_the_checkpoint_dict_and_rejects_unknown_decoders():
+    codec = HeatmapCodec((96, 64), (24, 16), 1.5, decode_with="dark")
+    assert HeatmapCodec.from_dict(codec.to_dict()) == codec
+    assert "decode" not in HeatmapCodec((96, 64), (24, 16)).to_dict()  # older readers see the old fields
+    with pytest.raises(PosenasError, match="codec.decode: unknown decoder 'taylor'; allowed: quarter, dark"):
+        HeatmapCodec((96, 64), (24, 16), decode_with="taylor")

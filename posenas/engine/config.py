@@ -30,6 +30,7 @@ class DataConfig:
     val_split: str = "val"
     input_size: tuple[int, ...] = (128, 96)  # (height, width)
     sigma: float = 2.0  # Gaussian sigma at heatmap scale
+    decode: Literal["quarter", "dark"] = "quarter"  # sub-pixel refinement of the heatmap argmax (codecs/heatmap.py)
     batch_size: int = 32  # per process
     workers: int = 2  # DataLoader worker processes (0: load in the main process)
     val_max_images: int | None = None  # evaluate on the first N val images (None: all)

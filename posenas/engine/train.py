@@ -145,7 +145,8 @@ def resolve_arch(model: ModelConfig) -> Any:
 
 def make_codec(cfg: ExperimentConfig) -> HeatmapCodec:
     h, w = cfg.data.input_size
-    return HeatmapCodec(input_size=(h, w), heatmap_size=(h // 4, w // 4), sigma=cfg.data.sigma)
+    return HeatmapCodec(input_size=(h, w), heatmap_size=(h // 4, w // 4), sigma=cfg.data.sigma,
+                        decode_with=cfg.data.decode)
 
 
 def heatmap_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
