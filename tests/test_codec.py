@@ -215,3 +215,14 @@ def test_dark_decode_survives_the_checkpoint_dict_and_rejects_unknown_decoders()
     assert "decode" not in HeatmapCodec((96, 64), (24, 16)).to_dict()  # older readers see the old fields
     with pytest.raises(PosenasError, match="codec.decode: unknown decoder 'taylor'; allowed: quarter, dark"):
         HeatmapCodec((96, 64), (24, 16), decode_with="taylor")
+
+
+def test_config_decode_reaches_the_codec_and_bad_values_are_named():
+    from posenas.config import load_config
+    from posenas.engine.config import ExperimentConfig
+    from posenas.engine.train import make_codec
+
+    assert make_codec(load_config(ExperimentConfig, None, ["data.decode=dark"])).decode_with == "dark"
+    assert make_codec(load_config(ExperimentConfig, None, [])).decode_with == "quarter"
+    with pytest.raises(PosenasError, match="data.decode"):
+        load_config(ExperimentConfig, None, ["data.decode=taylor"])
