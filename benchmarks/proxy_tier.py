@@ -171,7 +171,11 @@ def main() -> None:
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; tier input "
           f"{size[0]}x{size[1]}, data {DATA}; load average {os.getloadavg()[0]:.1f}", flush=True)
     summary = read_json(args.summary) if Path(args.summary).exists() else {}
-    proxy = summary.get("proxy", {})
+    proxy = summary.setdefault("proxy", {})
+
+    def save() -> None:  # after every stage (and every arch of the budget stage): an interrupted run keeps its figures
+        write_json(args.summary, summary, indent=2)
+
     archs = saved_draws(out / "archs", args.archs_per_space)
     costs = {name: gmacs(a) for name, a in archs.items()}
     print("drawn: " + ", ".join(f"{n} {g:.3f}" for n, g in costs.items()) +
@@ -182,6 +186,7 @@ def main() -> None:
         r = run("SimpleBaseline-small, the recipe as shipped", ["model.name=simplebaseline-small"], None,
                 out / "baseline-small")
         proxy.update(baseline_ap=r["AP"], train_minutes=r["train_min"], baseline_ap50=r["AP50"])
+        save()
         print(f"baseline: AP {r['AP']:.3f} (AP50 {r['AP50']:.3f}) in {r['train_min']:.1f} min of training "
               f"(load average {start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end)", flush=True)
 
@@ -196,7 +201,9 @@ def main() -> None:
             rows[name] = {"AP": aps, "mean": statistics.mean(aps), "std": statistics.stdev(aps)}
             print(f"noise: {name}: AP {' / '.join(f'{a:.3f}' for a in aps)}, std {rows[name]['std']:.4f}", flush=True)
         proxy["noise"] = rows
-        proxy["noise_std"] = statistics.mean(r["std"] for r in rows.values())
+        # pooled over the architectures: the root of the mean variance
+        proxy["noise_std"] = statistics.mean(r["std"] ** 2 for r in rows.values()) ** 0.5
+        save()
 
     if "budget" in stages:
         rows = {}
@@ -206,12 +213,14 @@ def main() -> None:
             long = run(name, model, args.steps * args.long, out / f"{name}-{args.steps * args.long}-seed0")
             rows[name] = {"gmacs": costs[name], "AP_proxy": short["AP"], "AP_long": long["AP"],
                           "min_proxy": short["train_min"], "min_long": long["train_min"], "arch": arch_to_json(arch)}
-            done = [r for r in rows.values()]
-            if len(done) >= 3:
-                print(f"rank fidelity so far ({len(done)} archs): tau "
-                      f"{tau([r['AP_proxy'] for r in done], [r['AP_long'] for r in done]):.2f}", flush=True)
-        proxy["budget"] = {"steps": args.steps, "long_steps": args.steps * args.long, "archs": rows}
-        proxy["kendall_tau_budget"] = tau([r["AP_proxy"] for r in rows.values()], [r["AP_long"] for r in rows.values()])
+            proxy["budget"] = {"steps": args.steps, "long_steps": args.steps * args.long, "archs": rows,
+                               "complete": len(rows) == len(archs)}
+            if len(rows) >= 3:
+                proxy["kendall_tau_budget"] = tau([r["AP_proxy"] for r in rows.values()],
+                                                  [r["AP_long"] for r in rows.values()])
+                print(f"rank fidelity{'' if len(rows) == len(archs) else ' so far'} ({len(rows)} archs): tau "
+                      f"{proxy['kendall_tau_budget']:.2f}", flush=True)
+            save()
 
     if "sharing" in stages:
         steps = args.supernet_steps or args.steps * args.long
@@ -230,9 +239,7 @@ def main() -> None:
         proxy["kendall_tau_weight_sharing"] = tau([inherited[n] for n in names], [alone[n] for n in names])
         print(f"weight-sharing fidelity: tau {proxy['kendall_tau_weight_sharing']:.2f} over {len(names)} sub-nets",
               flush=True)
-
-    summary["proxy"] = proxy
-    write_json(args.summary, summary, indent=2)
+        save()
     print(f"summary: {args.summary}", flush=True)
 
 
