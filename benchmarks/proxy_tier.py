@@ -1,7 +1,7 @@
 """The proxy benchmark tier: is architecture search measurable on a 2-core CPU?
 
 Run: .venv/bin/python benchmarks/proxy_tier.py [--out runs/proxy] [--stages baseline,noise,budget,sharing]
-     [--steps 400] [--long 4] [--archs-per-space 4] [--summary docs/search_quality.json]
+     [--steps 400] [--long 4] [--archs-per-space 4] [--summary docs/search_quality.json] [--report-only]
 
 The tier (docs/benchmarks.md, "Proxy benchmark tier"): synthetic people with the ``proxy`` scene
 preset (one or two large, fully visible people; ``data synth --scenes proxy --max-people 2``, 4000
@@ -113,8 +113,17 @@ def saved_draws(folder: Path, per_space: int, spaces: tuple[str, ...] = tuple(SP
     return archs
 
 
+class NotFinished(Exception):
+    """``--report-only`` met a training that has not finished."""
+
+
+REPORT_ONLY = False
+
+
 def run(name: str, model: list[str], steps: int | None, out: Path, overrides: list[str] = ()) -> dict:
     """Train (or read back) one model with the tier's recipe; ``steps`` None: the recipe's own epochs."""
+    if REPORT_ONLY and not (out / "flip_test_eval.json").exists():
+        raise NotFinished(out)
     if steps is None:
         cfg = load_config(ExperimentConfig, RECIPE, [*model, f"data.root={DATA}", *overrides])
     else:
@@ -163,7 +172,11 @@ def main() -> None:
     ap.add_argument("--sharing-archs", type=int, default=8, help="vipnas-resnet sub-nets in the sharing stage")
     ap.add_argument("--supernet-steps", type=int, default=None, help="default: the long budget")
     ap.add_argument("--summary", default="docs/search_quality.json")
+    ap.add_argument("--report-only", action="store_true",
+                    help="train nothing: summarise the finished runs (a stage stops at its first unfinished one)")
     args = ap.parse_args()
+    global REPORT_ONLY
+    REPORT_ONLY = args.report_only
     out = Path(args.out)
     stages = args.stages.split(",")
     ensure_synthetic(DATA, default_spec("coco", **SPEC), progress=False)
@@ -181,7 +194,7 @@ def main() -> None:
     print("drawn: " + ", ".join(f"{n} {g:.3f}" for n, g in costs.items()) +
           f" GMACs (span {max(costs.values()) / min(costs.values()):.1f}x)", flush=True)
 
-    if "baseline" in stages:
+    def baseline() -> None:
         start = os.getloadavg()[0]
         r = run("SimpleBaseline-small, the recipe as shipped", ["model.name=simplebaseline-small"], None,
                 out / "baseline-small")
@@ -190,7 +203,7 @@ def main() -> None:
         print(f"baseline: AP {r['AP']:.3f} (AP50 {r['AP50']:.3f}) in {r['train_min']:.1f} min of training "
               f"(load average {start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end)", flush=True)
 
-    if "noise" in stages:
+    def noise() -> None:
         noise_models = {"simplebaseline-small": ["model.name=simplebaseline-small"],
                         "vipnas-resnet-1": arch_model(out / "archs", "vipnas-resnet-1"),
                         "efficientpose-1": arch_model(out / "archs", "efficientpose-1")}
@@ -205,7 +218,7 @@ def main() -> None:
         proxy["noise_std"] = statistics.mean(r["std"] ** 2 for r in rows.values()) ** 0.5
         save()
 
-    if "budget" in stages:
+    def budget() -> None:
         rows = {}
         for name, arch in archs.items():
             model = arch_model(out / "archs", name)
@@ -222,10 +235,12 @@ def main() -> None:
                       f"{proxy['kendall_tau_budget']:.2f}", flush=True)
             save()
 
-    if "sharing" in stages:
+    def sharing() -> None:
         steps = args.supernet_steps or args.steps * args.long
         cfg = load_config(SearchExperimentConfig, SHARING_CONFIG, [
             f"data.root={DATA}", "train.epochs=1000", f"train.max_steps={steps}"])
+        if REPORT_ONLY and not (out / "sharing" / "supernet" / "results.json").exists():
+            raise NotFinished(out / "sharing" / "supernet")
         print(f"== vipnas-resnet supernet, {steps} sandwich steps", flush=True)
         checkpoint = train_supernet(cfg, out / "sharing")
         subnets = saved_draws(out / "sharing-archs", args.sharing_archs, ("vipnas-resnet",), seed=1)
@@ -240,6 +255,16 @@ def main() -> None:
         print(f"weight-sharing fidelity: tau {proxy['kendall_tau_weight_sharing']:.2f} over {len(names)} sub-nets",
               flush=True)
         save()
+
+    run_stages = {"baseline": baseline, "noise": noise, "budget": budget, "sharing": sharing}
+    for stage in stages:
+        if stage not in run_stages:
+            raise SystemExit(f"--stages: unknown stage {stage!r}; allowed: {', '.join(run_stages)}")
+    for stage in stages:
+        try:
+            run_stages[stage]()
+        except NotFinished as e:
+            print(f"{stage}: {e} has not finished: the stage stops there (--report-only)", flush=True)
     print(f"summary: {args.summary}", flush=True)
 
 
