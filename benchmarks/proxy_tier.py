@@ -158,8 +158,14 @@ def inherited_scores(cfg: SearchExperimentConfig, checkpoint: Path, archs: dict,
     return scores
 
 
-def tau(a: list[float], b: list[float]) -> float:
-    return float(kendalltau(a, b).statistic)
+def tau(a: list[float], b: list[float]) -> float | None:
+    """Kendall's tau-b; None where it is undefined (a ranking of all ties), so the JSON stays JSON."""
+    value = float(kendalltau(a, b).statistic)
+    return None if value != value else value
+
+
+def fmt_tau(value: float | None) -> str:
+    return "undefined (all tied)" if value is None else f"{value:.2f}"
 
 
 def main() -> None:
@@ -232,7 +238,7 @@ def main() -> None:
                 proxy["kendall_tau_budget"] = tau([r["AP_proxy"] for r in rows.values()],
                                                   [r["AP_long"] for r in rows.values()])
                 print(f"rank fidelity{'' if len(rows) == len(archs) else ' so far'} ({len(rows)} archs): tau "
-                      f"{proxy['kendall_tau_budget']:.2f}", flush=True)
+                      f"{fmt_tau(proxy['kendall_tau_budget'])}", flush=True)
             save()
 
     def sharing() -> None:
@@ -243,16 +249,19 @@ def main() -> None:
             raise NotFinished(out / "sharing" / "supernet")
         print(f"== vipnas-resnet supernet, {steps} sandwich steps", flush=True)
         checkpoint = train_supernet(cfg, out / "sharing")
-        subnets = saved_draws(out / "sharing-archs", args.sharing_archs, ("vipnas-resnet",), seed=1)
+        # drawn apart from the budget stage's (seed 1), named sub-0, sub-1, ...
+        subnets = {f"sub-{i}": a for i, a in enumerate(
+            saved_draws(out / "sharing-archs", args.sharing_archs, ("vipnas-resnet",), seed=1).values())}
         inherited = inherited_scores(cfg, checkpoint, subnets, out / "sharing" / "inherited.json")
-        alone = {name: run(name, arch_model(out / "sharing-archs", name), args.steps,
+        files = dict(zip(subnets, read_json(out / "sharing-archs" / "draws.json")["names"]))
+        alone = {name: run(name, arch_model(out / "sharing-archs", files[name]), args.steps,
                            out / f"sharing-{name}-{args.steps}-seed0")["AP"] for name in subnets}
         names = list(subnets)
         proxy["sharing"] = {"supernet_steps": steps, "supernet_min": round(train_minutes(out / "sharing" / "supernet"), 2),
                             "archs": {n: {"gmacs": gmacs(subnets[n]), "AP_inherited": inherited[n],
                                           "AP_alone": alone[n], "arch": arch_to_json(subnets[n])} for n in names}}
         proxy["kendall_tau_weight_sharing"] = tau([inherited[n] for n in names], [alone[n] for n in names])
-        print(f"weight-sharing fidelity: tau {proxy['kendall_tau_weight_sharing']:.2f} over {len(names)} sub-nets",
+        print(f"weight-sharing fidelity: tau {fmt_tau(proxy['kendall_tau_weight_sharing'])} over {len(names)} sub-nets",
               flush=True)
         save()
 
