@@ -225,7 +225,19 @@ def main() -> None:
         save()
 
     def budget() -> None:
-        rows = {}
+        rows: dict[str, dict] = {}
+        try:
+            budget_rows(rows)
+        finally:
+            if rows:
+                print(f"\n| arch | GMACs | AP at {args.steps} steps | AP at {args.steps * args.long} steps | "
+                      "train min (short / long) |\n|---|---:|---:|---:|---:|")
+                for name, r in rows.items():
+                    print(f"| {name} | {r['gmacs']:.4f} | {r['AP_proxy']:.3f} | {r['AP_long']:.3f} | "
+                          f"{r['min_proxy']:.1f} / {r['min_long']:.1f} |")
+                print(flush=True)
+
+    def budget_rows(rows: dict[str, dict]) -> None:
         for name, arch in archs.items():
             model = arch_model(out / "archs", name)
             short = run(name, model, args.steps, out / f"{name}-{args.steps}-seed0")
@@ -261,7 +273,11 @@ def main() -> None:
                             "archs": {n: {"gmacs": gmacs(subnets[n]), "AP_inherited": inherited[n],
                                           "AP_alone": alone[n], "arch": arch_to_json(subnets[n])} for n in names}}
         proxy["kendall_tau_weight_sharing"] = tau([inherited[n] for n in names], [alone[n] for n in names])
-        print(f"weight-sharing fidelity: tau {fmt_tau(proxy['kendall_tau_weight_sharing'])} over {len(names)} sub-nets",
+        print(f"\n| sub-net | GMACs | AP inherited (BN re-calibrated) | AP trained alone, {args.steps} steps |\n"
+              "|---|---:|---:|---:|")
+        for n, r in proxy["sharing"]["archs"].items():
+            print(f"| {n} | {r['gmacs']:.4f} | {r['AP_inherited']:.3f} | {r['AP_alone']:.3f} |")
+        print(f"\nweight-sharing fidelity: tau {fmt_tau(proxy['kendall_tau_weight_sharing'])} over {len(names)} sub-nets",
               flush=True)
         save()
 
