@@ -104,7 +104,8 @@ def draw_archs(per_space: int, spaces: tuple[str, ...] = tuple(SPACES), pool: in
 def saved_draws(folder: Path, per_space: int, spaces: tuple[str, ...] = tuple(SPACES), seed: int = 0) -> dict:
     """:func:`draw_archs`, drawn once and kept in ``folder`` (counting MACs of the pools takes minutes)."""
     index = folder / "draws.json"
-    if index.exists() and read_json(index)["per_space"] == per_space:
+    if index.exists() and {k: read_json(index)[k] for k in ("per_space", "seed")} == {"per_space": per_space,
+                                                                                          "seed": seed}:
         return {name: load_arch_file(folder / f"{name}.json") for name in read_json(index)["names"]}
     archs = draw_archs(per_space, spaces, seed=seed)
     for name, arch in archs.items():
