@@ -40,16 +40,12 @@ from equal_budget import budget_config, train_and_evaluate, train_minutes
 from scipy.stats import kendalltau
 
 from posenas.arch import arch_to_json, build_model, load_arch_file, save_arch_file
-from posenas.checkpoint import load_checkpoint, supernet_from_checkpoint
 from posenas.config import load_config
-from posenas.data.layout import load_dataset
 from posenas.cost import count_macs
 from posenas.engine.config import ExperimentConfig
 from posenas.jsonio import read_json, write_json
-from posenas.engine.train import make_codec
 from posenas.search import efficientpose as ep_search
-from posenas.search.candidates import Evaluator, calibration_batches
-from posenas.search.vipnas import train_supernet
+from posenas.search.vipnas import candidate_evaluator, train_supernet
 from posenas.search.vipnas_config import SearchExperimentConfig
 from posenas.spaces import vipnas
 from posenas.synthetic.generate import default_spec, ensure_synthetic
@@ -144,14 +140,8 @@ def inherited_scores(cfg: SearchExperimentConfig, checkpoint: Path, archs: dict,
     scores = read_json(cache) if cache.exists() else {}
     todo = [n for n in archs if n not in scores]
     if todo:
-        device = torch.device("cpu")
-        supernet = supernet_from_checkpoint(load_checkpoint(checkpoint), checkpoint).eval()
-        sc = replace(cfg.search, val_max_images=None, flip_test=True)
-        codec = make_codec(cfg.training())
-        calib = calibration_batches(load_dataset(cfg.data.root, cfg.data.train_split), codec, cfg.augment,
-                                    cfg.data.batch_size, sc.calib_batches, sc.seed)
-        evaluator = Evaluator(supernet, load_dataset(cfg.data.root, cfg.data.val_split), codec, device, calib, sc,
-                              batch_size=cfg.data.batch_size * 2)
+        scoring = replace(cfg, search=replace(cfg.search, val_max_images=None, flip_test=True))
+        evaluator = candidate_evaluator(scoring, checkpoint, torch.device("cpu"))
         for name in todo:
             scores[name] = evaluator.evaluate(archs[name])["score"]
             print(f"inherited: {name} AP {scores[name]:.4f}", flush=True)

@@ -64,3 +64,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+#: A small vipnas-resnet space for search tests (fast supernet, distinct sub-nets).
+TINY_VIPNAS_CHOICES = {
+    "stem": {"widths": [16, 24]},
+    "stages": [{"depths": [1, 2], "widths": [16, 32], "expansions": [1, 2], "kernels": [3, 5], "groups": [2, 4]},
+               {"depths": [1], "widths": [32], "expansions": [1, 2], "kernels": [3], "groups": [2, 4]},
+               {"depths": [1], "widths": [64], "expansions": [1, 2], "kernels": [3], "groups": [2, 4]},
+               {"depths": [1, 2], "widths": [128, 144], "expansions": [1, 2], "kernels": [3, 5], "groups": [2, 4]}],
+    "head": {"widths": [16, 32], "groups": [2, 4], "kernels": [2, 4]},
+}

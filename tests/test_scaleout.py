@@ -26,14 +26,7 @@ from posenas.cli import main
 from posenas.jsonio import read_jsonl
 from posenas.synthetic.generate import SynthSpec, synthesize
 
-VIPNAS_CHOICES = {
-    "stem": {"widths": [16, 24]},
-    "stages": [{"depths": [1, 2], "widths": [16, 32], "expansions": [1, 2], "kernels": [3, 5], "groups": [2, 4]},
-               {"depths": [1], "widths": [32], "expansions": [1, 2], "kernels": [3], "groups": [2, 4]},
-               {"depths": [1], "widths": [64], "expansions": [1, 2], "kernels": [3], "groups": [2, 4]},
-               {"depths": [1, 2], "widths": [128, 144], "expansions": [1, 2], "kernels": [3, 5], "groups": [2, 4]}],
-    "head": {"widths": [16, 32], "groups": [2, 4], "kernels": [2, 4]},
-}
+from conftest import TINY_VIPNAS_CHOICES as VIPNAS_CHOICES
 
 
 @pytest.fixture(scope="module")

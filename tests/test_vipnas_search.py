@@ -23,16 +23,7 @@ from posenas.search.vipnas import pareto_front
 from posenas.search.sandwich import SandwichObjective
 from posenas.spaces.vipnas import derive, largest_arch, smallest_arch
 
-from conftest import make_dataset
-
-TINY_CHOICES = {
-    "stem": {"widths": [16, 24]},
-    "stages": [{"depths": [1, 2], "widths": [16, 32], "expansions": [1, 2], "kernels": [3, 5], "groups": [2, 4]},
-               {"depths": [1], "widths": [32], "expansions": [1, 2], "kernels": [3], "groups": [2, 4]},
-               {"depths": [1], "widths": [64], "expansions": [1, 2], "kernels": [3], "groups": [2, 4]},
-               {"depths": [1, 2], "widths": [128, 144], "expansions": [1, 2], "kernels": [3, 5], "groups": [2, 4]}],
-    "head": {"widths": [16, 32], "groups": [2, 4], "kernels": [2, 4]},
-}
+from conftest import TINY_VIPNAS_CHOICES as TINY_CHOICES, make_dataset
 
 
 def search_yaml(path: Path, root: Path, **search) -> Path:
@@ -233,7 +224,7 @@ def test_search_under_torchrun_two_processes(tmp_path, data_root):
     assert proc.returncode == 0, proc.stderr[-2000:]
     # 12 instances, 2 processes of batch 4: one step in the configured epoch
     assert load_checkpoint(tmp_path / "s" / "supernet" / "checkpoints" / "last.pt")["train_state"]["step"] == 1
-    assert len(read_jsonl(tmp_path / "s" / "candidates.jsonl")) == 2  # the search ran once, on rank 0
+    assert len(read_jsonl(tmp_path / "s" / "candidates.jsonl")) == 2  # each candidate written once, by rank 0
 
 
 def test_search_prints_the_expected_time_of_its_candidate_phase(tmp_path, data_root, capsys):

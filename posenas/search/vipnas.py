@@ -198,11 +198,9 @@ def search_supernet(cfg: SearchExperimentConfig, out: Path, checkpoint: Path, pr
         close_world(world)
 
 
-def _search(cfg: SearchExperimentConfig, out: Path, checkpoint: Path, progress: bool, world: World) -> dict:
-    out.mkdir(parents=True, exist_ok=True)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    device = world.device
+def candidate_evaluator(cfg: SearchExperimentConfig, checkpoint: Path, device: torch.device) -> Evaluator:
+    """The trained supernet in ``checkpoint`` with ``cfg.search``'s BN-calibration batches and val
+    images: what scores every candidate of a search (and, in benchmarks, any chosen sub-net)."""
     state = load_checkpoint(checkpoint)
     supernet = supernet_from_checkpoint(state, checkpoint).to(device).eval()
     # the supernet's own precision (recorded by its training run), else this config's
@@ -215,8 +213,16 @@ def _search(cfg: SearchExperimentConfig, out: Path, checkpoint: Path, progress: 
     sc = cfg.search
     heading(f"BN re-calibration: {sc.calib_batches} fixed training batches per candidate")
     calib = calibration_batches(train_set, codec, cfg.augment, cfg.data.batch_size, sc.calib_batches, sc.seed)
-    evaluator = Evaluator(supernet, val_set, codec, device, calib, sc, batch_size=cfg.data.batch_size * 2,
-                          precision=precision)
+    return Evaluator(supernet, val_set, codec, device, calib, sc, batch_size=cfg.data.batch_size * 2,
+                     precision=precision)
+
+
+def _search(cfg: SearchExperimentConfig, out: Path, checkpoint: Path, progress: bool, world: World) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    evaluator = candidate_evaluator(cfg, checkpoint, world.device)
+    sc = cfg.search
     choices, space = cfg.supernet.parsed_choices(), cfg.supernet.space
     heading(f"candidates: {', '.join(sc.strategies)}, {sc.candidates} each, budget "
             f"{sc.max_gmacs if sc.max_gmacs is not None else '-'} GMACs / "
