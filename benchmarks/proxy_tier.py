@@ -28,6 +28,7 @@ Every AP is COCO OKS AP on all val images with GT boxes and the flip test. The s
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import random
@@ -229,20 +230,33 @@ def main() -> None:
                 print(flush=True)
 
     def budget_rows(rows: dict[str, dict]) -> None:
+        recorded = proxy.get("budget", {})
+        same_budget = (recorded.get("steps"), recorded.get("long_steps")) == (args.steps, args.steps * args.long)
         for name, arch in archs.items():
-            model = arch_model(out / "archs", name)
-            short = run(name, model, args.steps, out / f"{name}-{args.steps}-seed0")
-            long = run(name, model, args.steps * args.long, out / f"{name}-{args.steps * args.long}-seed0")
-            rows[name] = {"gmacs": costs[name], "AP_proxy": short["AP"], "AP_long": long["AP"],
-                          "min_proxy": short["train_min"], "min_long": long["train_min"], "arch": arch_to_json(arch)}
-            proxy["budget"] = {"steps": args.steps, "long_steps": args.steps * args.long, "archs": rows,
-                               "complete": len(rows) == len(archs)}
-            if len(rows) >= 3:
-                proxy["kendall_tau_budget"] = tau([r["AP_proxy"] for r in rows.values()],
-                                                  [r["AP_long"] for r in rows.values()])
-                print(f"rank fidelity{'' if len(rows) == len(archs) else ' so far'} ({len(rows)} archs): tau "
-                      f"{fmt_tau(proxy['kendall_tau_budget'])}", flush=True)
-            save()
+            row = recorded.get("archs", {}).get(name) if same_budget else None
+            if row is not None and row["arch"] == json.loads(json.dumps(arch_to_json(arch))):
+                # measured by an earlier session (its run directory gone with its machine): kept, not retrained
+                rows[name] = row
+                print(f"== {name}: read back from {args.summary} (AP {row['AP_proxy']:.3f} / {row['AP_long']:.3f})",
+                      flush=True)
+            else:
+                model = arch_model(out / "archs", name)
+                short = run(name, model, args.steps, out / f"{name}-{args.steps}-seed0")
+                long = run(name, model, args.steps * args.long, out / f"{name}-{args.steps * args.long}-seed0")
+                rows[name] = {"gmacs": costs[name], "AP_proxy": short["AP"], "AP_long": long["AP"],
+                              "min_proxy": short["train_min"], "min_long": long["train_min"],
+                              "arch": arch_to_json(arch)}
+            record_budget(rows)
+
+    def record_budget(rows: dict[str, dict]) -> None:
+        proxy["budget"] = {"steps": args.steps, "long_steps": args.steps * args.long, "archs": rows,
+                           "complete": len(rows) == len(archs)}
+        if len(rows) >= 3:
+            proxy["kendall_tau_budget"] = tau([r["AP_proxy"] for r in rows.values()],
+                                              [r["AP_long"] for r in rows.values()])
+            print(f"rank fidelity{'' if len(rows) == len(archs) else ' so far'} ({len(rows)} archs): tau "
+                  f"{fmt_tau(proxy['kendall_tau_budget'])}", flush=True)
+        save()
 
     def sharing() -> None:
         steps = args.supernet_steps or args.steps * args.long

@@ -5,10 +5,7 @@ optimiser, the search run's files, and the same run under torchrun."""
 from __future__ import annotations
 
 import json
-import os
 import random
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -25,7 +22,7 @@ from posenas.search.darts import split_images
 from posenas.search.efficientpose import DNASExperimentConfig, DNASObjective, cost_term
 from posenas.spaces.efficientpose import OPS, SETTINGS, EfficientPoseArch, EfficientPoseSupernet, HeadArch, derive
 
-from conftest import make_dataset
+from conftest import make_dataset, torchrun
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -185,10 +182,7 @@ def test_search_run_files_and_derived_model(tmp_path, data_root, capsys):
 def test_search_under_torchrun_two_processes(tmp_path, data_root):
     cfg = tmp_path / "s.yaml"
     cfg.write_text(json.dumps(search_cfg(data_root, table_cache=str(tmp_path / "tables"))))
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "posenas", "search", "--config", str(cfg), "--out", str(tmp_path / "s"), "--quiet"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    proc = torchrun("search", "--config", str(cfg), "--out", str(tmp_path / "s"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     history = read_jsonl(tmp_path / "s" / "alpha_history.jsonl")
     assert history[-1]["probs"] != history[0]["probs"]  # alpha moved (averaged over both ranks' batches)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,7 +20,7 @@ from posenas.engine.config import ExperimentConfig
 from posenas.engine.train import Interrupted, train
 from posenas.errors import PosenasError
 
-from conftest import make_dataset
+from conftest import make_dataset, torchrun
 
 TINY_ARCH = {"space": "simplebaseline", "backbone": "resnet18", "width_mult": 0.125,
              "head": {"widths": [16, 16, 16], "kernels": [4, 4, 4]}}
@@ -187,10 +185,7 @@ def test_torchrun_two_processes_on_cpu(tmp_path, data_root):
     from posenas.config import write_yaml
 
     write_yaml(cfg_path, to_dict(tiny_config(data_root, epochs=1)))
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "posenas", "train", "--config", str(cfg_path), "--out", str(tmp_path / "ddp"), "--quiet"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    proc = torchrun("train", "--config", str(cfg_path), "--out", str(tmp_path / "ddp"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     ckpt = load_checkpoint(tmp_path / "ddp" / "checkpoints" / "last.pt")
     # 16 instances, 2 processes, batch 4 per process: 2 steps per epoch

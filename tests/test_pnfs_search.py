@@ -4,9 +4,6 @@ DARTS; export and pruning files; alpha/beta identical on every rank under torchr
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -16,7 +13,7 @@ from posenas.checkpoint import load_checkpoint, model_from_checkpoint
 from posenas.cli import main
 from posenas.errors import PosenasError
 
-from conftest import make_dataset
+from conftest import make_dataset, torchrun
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -93,10 +90,7 @@ def test_bad_search_configs_fail_cleanly(tmp_path, data_root, capsys):
 def test_darts_under_torchrun_keeps_alpha_identical(tmp_path, data_root):
     cfg = tmp_path / "s.yaml"
     cfg.write_text(json.dumps(search_cfg(data_root, strategy="darts", prune_threshold=None)))
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "posenas", "search", "--config", str(cfg), "--out", str(tmp_path / "s"), "--quiet"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    proc = torchrun("search", "--config", str(cfg), "--out", str(tmp_path / "s"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     state = load_checkpoint(tmp_path / "s" / "supernet" / "checkpoints" / "last.pt")["state_dict"]
     assert any(v.abs().sum() > 0 for v in alphas(state).values())

@@ -5,7 +5,6 @@ every paper recipe running one optimiser step, every architecture building and p
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import zipfile

@@ -23,7 +23,7 @@ from posenas.search.vipnas import pareto_front
 from posenas.search.sandwich import SandwichObjective
 from posenas.spaces.vipnas import derive, largest_arch, smallest_arch
 
-from conftest import TINY_VIPNAS_CHOICES as TINY_CHOICES, make_dataset
+from conftest import TINY_VIPNAS_CHOICES as TINY_CHOICES, make_dataset, torchrun
 
 
 def search_yaml(path: Path, root: Path, **search) -> Path:
@@ -212,15 +212,8 @@ def test_sandwich_gradients_are_averaged_over_ranks(tmp_path):
 
 
 def test_search_under_torchrun_two_processes(tmp_path, data_root):
-    import os
-    import subprocess
-    import sys
-
     cfg = search_yaml(tmp_path / "s.yaml", data_root, candidates=1, population=1)
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "posenas", "search", "--config", str(cfg), "--out", str(tmp_path / "s"), "--quiet"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    proc = torchrun("search", "--config", str(cfg), "--out", str(tmp_path / "s"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     # 12 instances, 2 processes of batch 4: one step in the configured epoch
     assert load_checkpoint(tmp_path / "s" / "supernet" / "checkpoints" / "last.pt")["train_state"]["step"] == 1

@@ -5,6 +5,7 @@ A single process is the world of size 1, so the training loop has one code path.
 
 from __future__ import annotations
 
+import atexit
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -68,7 +69,11 @@ def average_gradients(params, world: World) -> None:
 
 
 def init_world(device_name: str) -> World:
-    """Join the process group when started by torchrun (WORLD_SIZE > 1)."""
+    """Join the process group when started by torchrun (WORLD_SIZE > 1), once per process: a
+    later call (the search phase after the supernet's training) reuses the group, after a
+    barrier, so each call stays a point where all ranks meet (as joining is). Why not leave
+    and re-join: a re-join after ``destroy_process_group`` hung now and then (rank 1 inside
+    its second ``init_process_group``, rank 0 already past its own), in CI and here."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -77,11 +82,14 @@ def init_world(device_name: str) -> World:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        atexit.register(_leave_group)
+    elif size > 1:
+        dist.barrier()
     return World(rank, size, device)
 
 
-def close_world(world: World) -> None:
-    if world.size > 1 and dist.is_initialized():
+def _leave_group() -> None:
+    if dist.is_initialized():
         dist.destroy_process_group()
 
 

@@ -9,7 +9,9 @@ capabilities at run time and from per-family measurements (:data:`CHANNELS_LAST_
 
 What stays FP32 under bf16 autocast: the weights, the optimiser state, the loss (the model's
 output is cast back before the heatmap MSE, whose squared errors of ~1e-3 bf16 would round
-away), BatchNorm statistics, and everything after the model (decoding, evaluation).
+away), BatchNorm statistics, and everything after the model (decoding, evaluation). A run's
+validation runs the model in FP32 too (engine/train.py ``validate``): its AP is its weights' AP.
+A search's candidate scoring keeps the supernet's precision (speed; one ranking, one precision).
 fp16 is not offered: it needs loss scaling through every objective's own backward, and bf16
 (FP32's exponent range) needs none; CUDA devices from Ampere on have bf16.
 """

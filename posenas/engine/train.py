@@ -38,7 +38,7 @@ from posenas.data.records import PoseDataset
 from posenas.data.topdown import TopDownDataset, worker_errors_released
 from posenas.display import warn
 from posenas.engine.config import ExperimentConfig, ModelConfig, OptimConfig
-from posenas.engine.distributed import World, close_world, init_world
+from posenas.engine.distributed import World, init_world
 from posenas.engine.precision import FP32, Precision, emulation_warning, model_family, resolve_precision
 from posenas.engine.predict import evaluate_model, prediction_records, primary_value
 from posenas.errors import PosenasError
@@ -398,13 +398,17 @@ def init_weights(model: nn.Module, objective: Objective, path: str) -> None:
 
 def validate(model, cfg: ExperimentConfig, val: PoseDataset, codec: HeatmapCodec, world: World, progress: bool,
              precision: Precision = FP32):
-    """Predict the val split on GT boxes; returns (metric, result, table, predictions)."""
+    """Predict the val split on GT boxes; returns (metric, result, table, predictions).
+
+    In FP32 whatever the run trains in (only its memory format is kept): a run's reported AP is
+    then its weights' AP, what ``posenas eval`` and the FP32 export of its checkpoint give, and
+    a bf16 run's AP compares with an FP32 run's without bf16 inference rounding in between."""
     if cfg.data.val_max_images is not None:
         val = replace(val, images=val.images[: cfg.data.val_max_images])
     with worker_errors_released():
         return evaluate_model(_unwrap(model), val, codec, world.device, flip_test=cfg.train.flip_test,
                               batch_size=cfg.data.batch_size * 2, workers=cfg.data.workers, progress=progress,
-                              precision=precision)
+                              precision=replace(precision, dtype="fp32"))
 
 
 def run_precision(cfg: ExperimentConfig, family: str, device: torch.device) -> Precision:
@@ -434,12 +438,9 @@ def train(
         open_run_dir(run_dir, to_dict(cfg), resume, leftovers=("metrics.jsonl",), write=False)
     resume = resume and last.is_file()  # a run stopped before its first checkpoint starts over
     world = init_world(cfg.train.device)
-    try:
-        with _StopRequest() as stop:
-            objective = objective or Objective(resolve_arch(cfg.model))
-            return _train(cfg, run_dir, last, resume, progress, stop_at_step, world, stop, objective)
-    finally:
-        close_world(world)
+    with _StopRequest() as stop:
+        objective = objective or Objective(resolve_arch(cfg.model))
+        return _train(cfg, run_dir, last, resume, progress, stop_at_step, world, stop, objective)
 
 
 def _final_done(run_dir: Path, step: int) -> bool:

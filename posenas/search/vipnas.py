@@ -36,7 +36,7 @@ from tqdm import tqdm
 from posenas.arch import arch_from_json, save_arch_file
 from posenas.checkpoint import load_checkpoint, supernet_from_checkpoint
 from posenas.data.layout import load_dataset
-from posenas.engine.distributed import World, close_world, gather, init_world, on_main, share_note
+from posenas.engine.distributed import World, gather, init_world, on_main, share_note
 from posenas.engine.precision import Precision, model_family
 from posenas.engine.train import interruptible, make_codec, run_precision, train
 from posenas.display import format_score, heading, retrain_command, ties, warn
@@ -191,11 +191,7 @@ def search_supernet(cfg: SearchExperimentConfig, out: Path, checkpoint: Path, pr
     """Phase 2: the strategies of ``cfg.search`` over the trained supernet (results into ``out``).
     Under torchrun every rank scores its share of the candidates (:class:`_Candidates`); rank 0
     writes the files and returns the summary, the other ranks return ``{}``."""
-    world = init_world(cfg.train.device)
-    try:
-        return _search(cfg, out, checkpoint, progress, world)
-    finally:
-        close_world(world)
+    return _search(cfg, out, checkpoint, progress, init_world(cfg.train.device))
 
 
 def candidate_evaluator(cfg: SearchExperimentConfig, checkpoint: Path, device: torch.device) -> Evaluator:
