@@ -6,7 +6,9 @@ Run: .venv/bin/python benchmarks/train_throughput.py [--data data/synthetic/coco
 Side by side in one run, at each config's input (128×96) and batch (32): samples/s of one
 optimiser step (forward, backward, optimiser; median of ``--steps`` after 2 warm-up steps) on a
 batch already in memory, through the same ``Objective.step`` the runs use, for
-- the SimpleBaselines (plain training), and
+- the SimpleBaselines (plain training),
+- larger and searched nets trained plainly (SimpleBaseline-ResNet-50, S-ViPNAS-Res50 and
+  -MobileNetV3, EfficientPose k3e6-small: what a search's retraining runs), and
 - each shipped CPU search's supernet step (ViPNAS sandwich rule: 4 sub-nets a step; EfficientPose
   DNAS: an α step on held-out data and a weight step; PNFS synchronous fabrics),
 in fp32 NCHW, fp32 channels-last, bf16 autocast NCHW and channels-last (bf16 only where the CPU
@@ -29,7 +31,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from posenas.arch import named_arch
+from posenas.arch import NAMED_MODELS, load_arch_file, named_arch
 from posenas.config import load_config
 from posenas.cost import matmul_limit
 from posenas.data.layout import load_dataset
@@ -42,6 +44,10 @@ from posenas.search import efficientpose, pnfs, vipnas
 from posenas.search.cost_table import build_cost_table, table_header
 
 BASELINES = ("simplebaseline-small", "simplebaseline-resnet18", "simplebaseline-mobilenetv2")
+#: Plain training of larger and of searched nets (a search's retraining): a ViPNAS or EfficientPose
+#: net shares its family key with its supernet (engine/precision.py) but not its step, so both are timed.
+DERIVED = ("simplebaseline-resnet50", "vipnas/s-vipnas-res50", "vipnas/s-vipnas-mobilenetv3",
+           "efficientpose/k3e6-small")
 SUPERNETS = ("vipnas/tiny-resnet", "vipnas/tiny-mobilenetv3", "efficientpose/tiny-small", "pnfs/tiny-coco")
 MODES = {"fp32": Precision("fp32", False), "fp32-cl": Precision("fp32", True),
          "bf16": Precision("bf16", False), "bf16-cl": Precision("bf16", True)}
@@ -49,11 +55,12 @@ MODES = {"fp32": Precision("fp32", False), "fp32-cl": Precision("fp32", True),
 
 def objective_of(name: str, data_root: str, num_joints: int):
     """(objective, training config, the step index to time) as the run of ``name`` builds them."""
-    if name in BASELINES:
-        from posenas.engine.config import ExperimentConfig, ModelConfig
+    if name in BASELINES or name in DERIVED:
+        from posenas.engine.config import ExperimentConfig
 
         cfg = load_config(ExperimentConfig, resolve_config("baselines/tiny"), [f"data.root={data_root}"])
-        return Objective(named_arch(name)), cfg, 0
+        arch = named_arch(name) if name in NAMED_MODELS else load_arch_file(resolve_config(name, "arch"))
+        return Objective(arch), cfg, 0
     path = resolve_config(name)
     if name.startswith("vipnas"):
         cfg = load_config(vipnas.SearchExperimentConfig, path, [f"data.root={data_root}"])
@@ -149,7 +156,7 @@ def main() -> None:
           f"bf16 {bf16[1]:.1f} (1 thread), {bf16[args.threads]:.1f} ({args.threads})")
     print(f"data loader, augmentation on, {args.threads} workers: "
           f"{cached(out, 'loader', lambda: loader_rate(args.data)):.0f} samples/s\n")
-    rows = [r for r in BASELINES + SUPERNETS if not args.only or r in args.only.split(",")]
+    rows = [r for r in BASELINES + DERIVED + SUPERNETS if not args.only or r in args.only.split(",")]
     modes = [m for m in MODES if not m.startswith("bf16") or native or args.emulated_bf16]
     extra = ["compile"] if args.compile else []
     print("| row | " + " | ".join(f"{m} samples/s" for m in modes + extra) + " | auto picks | auto / fp32 |")

@@ -16,7 +16,7 @@ from posenas.engine import precision as precision_module
 from posenas.engine import train as train_module
 from posenas.engine.config import ExperimentConfig
 from posenas.engine.precision import FP32, Precision, resolve_precision
-from posenas.engine.train import Interrupted, train
+from posenas.engine.train import Interrupted, Objective, train
 from posenas.errors import PosenasError
 from posenas.search.candidates import recalibrate_bn
 
@@ -41,7 +41,7 @@ def _model() -> torch.nn.Module:
 def test_auto_follows_the_hardware_and_the_family(monkeypatch):
     monkeypatch.setattr(precision_module, "native_bf16", lambda device: False)
     assert resolve_precision("auto", "auto", CPU, "simplebaseline-resnet18") == Precision("fp32", True)  # measured
-    assert resolve_precision("auto", "auto", CPU, "simplebaseline-resnet50") == FP32  # not measured: NCHW
+    assert resolve_precision("auto", "auto", CPU, "a-family-not-measured") == FP32  # NCHW
     monkeypatch.setattr(precision_module, "CHANNELS_LAST_FP32", frozenset())
     assert resolve_precision("auto", "auto", CPU, "simplebaseline-resnet18") == FP32
     monkeypatch.setattr(precision_module, "CHANNELS_LAST_FP32", frozenset({"simplebaseline-resnet18"}))
@@ -49,8 +49,27 @@ def test_auto_follows_the_hardware_and_the_family(monkeypatch):
     assert resolve_precision("auto", "auto", CPU, "vipnas-mobilenetv3") == FP32
     assert resolve_precision("auto", False, CPU, "simplebaseline-resnet18") == FP32  # explicit wins
     monkeypatch.setattr(precision_module, "native_bf16", lambda device: True)
-    assert resolve_precision("auto", "auto", CPU, "vipnas-mobilenetv3") == BF16
-    assert resolve_precision("fp32", "auto", CPU, "vipnas-mobilenetv3") == FP32
+    assert resolve_precision("auto", "auto", CPU, "simplebaseline-mobilenetv2") == BF16
+    assert resolve_precision("fp32", "auto", CPU, "simplebaseline-mobilenetv2") == FP32
+    # measured slower in bf16 on a bf16 CPU: FP32 there (channels-last as measured), bf16 on a GPU
+    monkeypatch.setattr(precision_module, "CHANNELS_LAST_FP32", frozenset({"vipnas-mobilenetv3", "vipnas-resnet-supernet"}))
+    assert resolve_precision("auto", "auto", CPU, "vipnas-mobilenetv3") == Precision("fp32", True)
+    assert resolve_precision("auto", "auto", CPU, "vipnas-resnet-supernet") == Precision("fp32", True)
+    assert resolve_precision("auto", "auto", torch.device("cuda"), "vipnas-resnet-supernet") == BF16
+    assert resolve_precision("bf16", "auto", CPU, "vipnas-resnet-supernet") == BF16  # explicit wins
+
+
+def test_supernet_steps_are_families_of_their_own():
+    from posenas.search.efficientpose import DNASObjective
+    from posenas.search.sandwich import SandwichObjective
+    from posenas.search.vipnas_config import SearchExperimentConfig
+
+    from conftest import TINY_VIPNAS_CHOICES
+
+    cfg = from_dict(SearchExperimentConfig, {"supernet": {"space": "vipnas-resnet", "choices": TINY_VIPNAS_CHOICES}})
+    assert SandwichObjective("vipnas-resnet", cfg.supernet.parsed_choices()).family() == "vipnas-resnet-supernet"
+    assert DNASObjective.family(None) == "efficientpose-supernet"
+    assert Objective(arch_from_json(TINY_ARCH)).family() == "simplebaseline-resnet18"
 
 
 def test_bad_precision_values_are_config_errors():

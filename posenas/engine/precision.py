@@ -30,15 +30,31 @@ PRECISIONS = ("auto", "fp32", "bf16")
 CHANNELS_LAST = ("auto", True, False)
 
 #: Model families whose FP32 training step is faster channels-last, measured by
-#: ``benchmarks/train_throughput.py`` on a 2-core AVX2 AMD EPYC (docs/benchmarks.md, "Training
-#: throughput"; channels-last / NCHW samples/s): SimpleBaseline-ResNet 1.07 (width 0.375) to
+#: ``benchmarks/train_throughput.py`` (docs/benchmarks.md, "Training throughput"; channels-last /
+#: NCHW samples/s) on a 2-core AVX2 AMD EPYC (Zen 3): SimpleBaseline-ResNet 1.07 (width 0.375) to
 #: 4.0 (ResNet-18: its NCHW transposed-conv head is slow), SimpleBaseline-MobileNetV2 1.31, the
-#: supernet steps of ViPNAS-ResNet 1.17, ViPNAS-MobileNetV3 1.45, EfficientPose 1.95, PNFS 1.21.
-#: A family not listed (not measured, e.g. SimpleBaseline-ResNet-50) trains NCHW in FP32. Under
-#: bf16 every family trains channels-last (oneDNN's bf16 convolutions are blocked channels-last kernels).
+#: supernet steps of ViPNAS-ResNet 1.17, ViPNAS-MobileNetV3 1.45, EfficientPose 1.95, PNFS 1.21;
+#: and on a 2-core AVX512-BF16 AMD EPYC (Zen 5): the same, plus SimpleBaseline-ResNet-50 1.40 and
+#: the plain training of searched nets (S-ViPNAS-Res50 1.75, S-ViPNAS-MobileNetV3 2.3,
+#: EfficientPose k3e6-small 1.28). A family not listed (not measured) trains NCHW in FP32.
+#: A supernet's step is a family of its own (``<space>-supernet``, :meth:`Objective.family`);
+#: PNFS trains the same fabric model in its search and after it, so one key serves both.
 CHANNELS_LAST_FP32: frozenset[str] = frozenset({
-    "simplebaseline-resnet18", "simplebaseline-mobilenetv2", "vipnas-resnet", "vipnas-mobilenetv3",
-    "efficientpose", "pnfs-mobilenetv2"})
+    "simplebaseline-resnet18", "simplebaseline-mobilenetv2", "simplebaseline-resnet50",
+    "vipnas-resnet", "vipnas-mobilenetv3", "efficientpose", "pnfs-mobilenetv2",
+    "vipnas-resnet-supernet", "vipnas-mobilenetv3-supernet", "efficientpose-supernet"})
+
+#: Families that ``auto`` keeps in FP32 (channels-last) even on a CPU with native bf16, because
+#: their bf16 channels-last step measured slower than the FP32 channels-last one there (2-core
+#: AVX512-BF16 AMD EPYC, Zen 5; bf16-cl / fp32-cl samples/s): every supernet step (ViPNAS-ResNet
+#: 0.78, ViPNAS-MobileNetV3 0.98, EfficientPose DNAS 0.85, PNFS 0.81: sliced weights, mixed ops
+#: and few channels per group leave oneDNN's bf16 kernels little to gain over the casts they
+#: add) and the plain training of ViPNAS-MobileNetV3 nets (0.80-0.94). Every other family
+#: measured (the SimpleBaselines 1.5-1.6, S-ViPNAS-Res50 1.2-1.7, EfficientPose 1.57) trains
+#: faster in bf16. On CUDA, bf16 is used wherever the GPU has it.
+FP32_ON_BF16_CPUS: frozenset[str] = frozenset({
+    "vipnas-resnet-supernet", "vipnas-mobilenetv3-supernet", "efficientpose-supernet", "pnfs-mobilenetv2",
+    "vipnas-mobilenetv3"})
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -61,6 +77,11 @@ def model_family(arch: Any) -> str:
     space = getattr(arch, "space", type(arch).__name__)
     backbone = getattr(arch, "backbone", None)
     return f"{space}-{backbone}" if backbone else str(space)
+
+
+def supernet_family(space: str) -> str:
+    """The key of a supernet's training step, measured apart from its sub-nets' plain training."""
+    return f"{space}-supernet"
 
 
 @dataclass(frozen=True)
@@ -107,15 +128,20 @@ FP32 = Precision()
 def resolve_precision(precision: str, channels_last: str | bool, device: torch.device, family: str) -> Precision:
     """``train.precision`` / ``train.channels_last`` for this device and model family.
 
-    ``auto``: bf16 where the hardware has it, else FP32; channels-last under bf16, and under FP32
-    for the families in :data:`CHANNELS_LAST_FP32`. An explicit ``bf16`` is honoured on any
-    device (slow where emulated; the run says so).
+    ``auto``: bf16 where the hardware has it, except on a CPU for the families in
+    :data:`FP32_ON_BF16_CPUS`, else FP32; channels-last under bf16, and under FP32 for the
+    families in :data:`CHANNELS_LAST_FP32`. An explicit ``bf16`` is honoured on any device (slow
+    where emulated; the run says so).
     """
     if precision not in PRECISIONS:
         raise PosenasError(f"config.train.precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
     if channels_last not in CHANNELS_LAST:
         raise PosenasError(f"config.train.channels_last: expected auto, true or false, got {channels_last!r}")
-    dtype = ("bf16" if native_bf16(device) else "fp32") if precision == "auto" else precision
+    if precision == "auto":
+        faster = device.type == "cuda" or family not in FP32_ON_BF16_CPUS
+        dtype = "bf16" if native_bf16(device) and faster else "fp32"
+    else:
+        dtype = precision
     if channels_last == "auto":
         channels_last = dtype == "bf16" or family in CHANNELS_LAST_FP32
     return Precision(dtype, bool(channels_last))

@@ -51,6 +51,7 @@ from posenas.data.layout import load_dataset
 from posenas.data.transforms import AugmentConfig
 from posenas.engine.config import DataConfig, ModelConfig, OptimConfig, TrainConfig, TrainingSections
 from posenas.engine.distributed import env_rank, share_note, single_process
+from posenas.engine.precision import supernet_family
 from posenas.engine.predict import primary_value
 from posenas.engine.train import interruptible, train
 from posenas.search.darts import FirstOrderObjective
@@ -164,7 +165,7 @@ class DNASObjective(FirstOrderObjective):
         return model
 
     def family(self) -> str:
-        return "efficientpose"
+        return supernet_family("efficientpose")
 
     def checkpoint_fields(self) -> dict:
         return {"arch": self.model.argmax_arch().to_json(), **dnas_supernet_fields(self.model)}

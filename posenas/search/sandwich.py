@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from posenas.engine.distributed import World, average_gradients
+from posenas.engine.precision import supernet_family
 from posenas.engine.train import Objective, heatmap_loss
 from posenas.spaces.supernets import supernet_fields
 from posenas.spaces.vipnas import SPACES, Choices, ViPNASArch, ViPNASSupernet, largest_arch, sample_arch, smallest_arch
@@ -34,6 +35,9 @@ class SandwichObjective(Objective):
 
     def build(self, num_joints: int) -> nn.Module:
         return ViPNASSupernet(self.space_name, self.choices, num_joints)
+
+    def family(self) -> str:
+        return supernet_family(self.space_name)
 
     def checkpoint_fields(self) -> dict:
         return {"arch": self.arch.to_json(),

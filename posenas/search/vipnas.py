@@ -37,7 +37,7 @@ from posenas.arch import arch_from_json, save_arch_file
 from posenas.checkpoint import load_checkpoint, supernet_from_checkpoint
 from posenas.data.layout import load_dataset
 from posenas.engine.distributed import World, gather, init_world, on_main, share_note
-from posenas.engine.precision import Precision, model_family
+from posenas.engine.precision import Precision, supernet_family
 from posenas.engine.train import interruptible, make_codec, run_precision, train
 from posenas.display import format_score, heading, retrain_command, ties, warn
 from posenas.errors import PosenasError
@@ -202,7 +202,7 @@ def candidate_evaluator(cfg: SearchExperimentConfig, checkpoint: Path, device: t
     # the supernet's own precision (recorded by its training run), else this config's
     saved = state.get("train_state", {}).get("precision")
     precision = (Precision.from_json(saved, f"{checkpoint}: train_state") if saved else
-                 run_precision(cfg.training(), model_family(arch_from_json(state["arch"], f"{checkpoint}: arch")), device))
+                 run_precision(cfg.training(), supernet_family(cfg.supernet.space), device))
     train_set = load_dataset(cfg.data.root, cfg.data.train_split)
     val_set = load_dataset(cfg.data.root, cfg.data.val_split)
     codec = make_codec(cfg.training())
