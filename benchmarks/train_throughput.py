@@ -44,8 +44,8 @@ from posenas.search import efficientpose, pnfs, vipnas
 from posenas.search.cost_table import build_cost_table, table_header
 
 BASELINES = ("simplebaseline-small", "simplebaseline-resnet18", "simplebaseline-mobilenetv2")
-#: Plain training of larger and of searched nets (a search's retraining): a ViPNAS or EfficientPose
-#: net shares its family key with its supernet (engine/precision.py) but not its step, so both are timed.
+#: Plain training of larger and of searched nets (a search's retraining): a searched net's family
+#: is keyed apart from its supernet's step (``<space>-supernet``, engine/precision.py), so both are timed.
 DERIVED = ("simplebaseline-resnet50", "vipnas/s-vipnas-res50", "vipnas/s-vipnas-mobilenetv3",
            "efficientpose/k3e6-small")
 SUPERNETS = ("vipnas/tiny-resnet", "vipnas/tiny-mobilenetv3", "efficientpose/tiny-small", "pnfs/tiny-coco")
