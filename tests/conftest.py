@@ -86,7 +86,7 @@ def torchrun(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """``posenas ARGS --quiet`` as 2 CPU ranks under torchrun (one thread each). On a timeout
     the whole process group goes (torchrun's workers too), so a hung run leaves no orphans
     that would slow every later test, and the error shows what the run printed."""
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")  # as in CI: ranks' lines must not mix
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "posenas", *args, "--quiet"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -14,6 +14,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ import torch
 
 from posenas.checkpoint import load_checkpoint
 from posenas.cli import main
+from posenas.engine.distributed import share_note
 from posenas.jsonio import read_jsonl
 from posenas.synthetic.generate import SynthSpec, synthesize
 
@@ -99,6 +101,25 @@ def test_vipnas_candidates_on_two_ranks_equal_the_one_process_run(vipnas_runs):
     assert _no_latency(results[1]) == _no_latency(results[0])
     assert (two / "best_arch.json").read_text() == (one / "best_arch.json").read_text()
     assert (two / "pareto.png").stat().st_size > 0
+
+
+def test_a_rank_note_is_one_write_so_ranks_lines_cannot_interleave(monkeypatch):
+    """The ranks share stdout; unbuffered, ``print`` writes text and newline apart, and two ranks'
+    notes then ran together on one line (a CI failure of the test below)."""
+    writes: list[str] = []
+
+    class Unbuffered:
+        def write(self, text: str) -> int:
+            writes.append(text)
+            return len(text)
+
+        def flush(self) -> None:
+            pass
+
+    monkeypatch.setattr(sys, "stdout", Unbuffered())
+    share_note(1, 2, "scored 2 of 6 candidates")
+    share_note(0, 1, "not printed in a world of one")
+    assert writes == ["rank 1 of 2: scored 2 of 6 candidates\n"]
 
 
 def test_vipnas_ranks_score_only_their_share(vipnas_runs):

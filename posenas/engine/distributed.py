@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, TypeVar
@@ -150,6 +151,11 @@ def on_main(world: World, fn: Callable[[], _T]) -> _T:
 
 
 def share_note(rank: int, size: int, text: str) -> None:
-    """One line per rank on how a search's work was shared out (printed only when there are several)."""
+    """One line per rank on how a search's work was shared out (printed only when there are several).
+
+    The ranks share one stdout: the line goes out in one write (text and newline together), so
+    two ranks' lines cannot interleave even when stdout is unbuffered (``PYTHONUNBUFFERED``),
+    where ``print`` writes the text and its newline separately."""
     if size > 1:
-        print(f"rank {rank} of {size}: {text}", flush=True)
+        sys.stdout.write(f"rank {rank} of {size}: {text}\n")
+        sys.stdout.flush()
