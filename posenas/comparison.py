@@ -271,6 +271,21 @@ def arch_tag(arch: dict) -> str:
     return hashlib.sha1(json.dumps(arch, sort_keys=True).encode()).hexdigest()[:8]
 
 
+def _is_search(folder: Path) -> bool:
+    return (folder / "config.yaml").is_file() and "supernet" in _config(folder)
+
+
+def _search_of(run: Path, model: dict) -> Path | None:
+    """The search a training run retrains: the folder it sits in (``retrain_command`` puts it in
+    SEARCH/retrain) or the one its ``model.arch_file`` came from (a search's best_arch.json)."""
+    if _is_search(run.parent):
+        return run.parent
+    arch_file = model.get("arch_file")
+    if isinstance(arch_file, str) and _is_search(Path(arch_file).parent):
+        return Path(arch_file).parent
+    return None
+
+
 def _training(run: Path, cfg: dict, size: tuple[int, int]) -> list[Point]:
     from posenas.checkpoint import load_checkpoint, model_from_checkpoint
     from posenas.cost import count_macs, count_params
@@ -283,14 +298,13 @@ def _training(run: Path, cfg: dict, size: tuple[int, int]) -> list[Point]:
         raise PosenasError(f"{run}: the supernet training run of a search; compare the search run {run.parent}")
     loaded = model_from_checkpoint(last)
     arch = loaded.arch.to_json()
-    parent = run.parent
     model = cfg.get("model") if isinstance(cfg.get("model"), dict) else {}
-    parent_cfg = _config(parent) if (parent / "config.yaml").is_file() else {}
-    if "supernet" in parent_cfg:
-        method = f"{method_name(parent_cfg, parent)}/retrain"  # retrain_command puts it in SEARCH/retrain
-    elif model.get("name"):
+    search = _search_of(run, model)
+    if search is not None:
+        method = f"{method_name(_config(search), search)}/retrain"
+    elif model.get("name") and model.get("arch") is None and model.get("arch_file") is None:
         method = f"train/{model['name']}"
-    else:
+    else:  # an architecture given as JSON: the recipe's model.name is not what was trained
         method = f"train/{arch.get('space', 'arch')}#{arch_tag(arch)}"
     return [Point(method, "train", str(run), arch, size, count_macs(loaded.model, size)[0] / 1e9,
                   count_params(loaded.model) / 1e6, None, ap, "trained", metric,

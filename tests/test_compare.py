@@ -15,7 +15,7 @@ import pytest
 import posenas
 from posenas.checkpoint import model_from_checkpoint
 from posenas.cli import main
-from posenas.comparison import Point, collect, load_run, pareto_front
+from posenas.comparison import Point, arch_tag, collect, load_run, pareto_front
 from posenas.cost import count_macs, count_params
 from posenas.errors import PosenasError
 from posenas.jsonio import read_jsonl
@@ -40,7 +40,8 @@ def real_runs(tmp_path_factory) -> dict[str, Path]:
     root = base / "data"
     make_dataset("coco", root, images=6, people=2)
     runs = {"vipnas": base / "vip", "random": base / "eprand", "pnfs": base / "pnfs",
-            "retrain": base / "vip" / "retrain", "train": base / "train"}
+            "retrain": base / "vip" / "retrain", "train": base / "train", "retrain_apart": base / "apart",
+            "arch_file": base / "arch_file"}
     assert main(["search", "--config", str(search_yaml(base / "v.yaml", root, candidates=2)), "--out",
                  str(runs["vipnas"]), "--quiet"]) == 0
     ep = {"supernet": {"space": "efficientpose", "setting": "small", "head": {"widths": [16, 16]}},
@@ -59,6 +60,12 @@ def real_runs(tmp_path_factory) -> dict[str, Path]:
                  "--quiet", f"data.root={root}", *TRAIN_ARGS]) == 0
     assert main(["train", "--config", "baselines/tiny", "--out", str(runs["train"]), "--quiet",
                  f"data.root={root}", *TRAIN_ARGS]) == 0
+    # a search's best arch retrained elsewhere (as benchmarks do), and an arch file of no search,
+    # each with a recipe whose model.name (simplebaseline-small) is not what is trained
+    (base / "mine.json").write_text((runs["vipnas"] / "best_arch.json").read_text())
+    for key, arch_file in (("retrain_apart", runs["vipnas"] / "best_arch.json"), ("arch_file", base / "mine.json")):
+        assert main(["train", "--config", "baselines/tiny", "--out", str(runs[key]), "--quiet",
+                     f"model.arch_file={arch_file}", f"data.root={root}", *TRAIN_ARGS]) == 0
     return runs
 
 
@@ -102,7 +109,7 @@ def test_real_runs_are_recognised_and_the_table_holds_the_files_values(real_runs
     printed = capsys.readouterr().out
     data = json.loads((out / "compare.json").read_text())
     picks = {p["run"]: p for p in data["picks"]}
-    assert len(picks) == 6 and data["input_size"] == [64, 64] and data["metric"] == "coco"
+    assert len(picks) == 8 and data["input_size"] == [64, 64] and data["metric"] == "coco"
 
     vip = picks[str(runs["vipnas"])]
     best = results["vipnas"]["best"]
@@ -127,9 +134,12 @@ def test_real_runs_are_recognised_and_the_table_holds_the_files_values(real_runs
     assert [(p["strategy"], p["ap_kind"], p["gmacs"]) for p in pruned] == [
         ("pruned", "inherited", results["pnfs"]["pruned"]["gmacs"])]
 
-    for key, method in (("train", "train/simplebaseline-small"), ("retrain", "vipnas-resnet/random+evolution/retrain")):
+    for key, method in (("train", "train/simplebaseline-small"), ("retrain", "vipnas-resnet/random+evolution/retrain"),
+                        ("retrain_apart", "vipnas-resnet/random+evolution/retrain"), ("arch_file", "train/vipnas-resnet#")):
         p = picks[str(runs[key])]
         loaded = model_from_checkpoint(runs[key] / "checkpoints" / "last.pt")
+        if method.endswith("#"):
+            method += arch_tag(loaded.arch.to_json())
         assert p["method"] == method and p["ap_kind"] == "trained"
         assert p["ap"] == results[key]["AP"] and p["steps"] == results[key]["steps"]
         assert p["gmacs"] == count_macs(loaded.model, (64, 64))[0] / 1e9
