@@ -23,9 +23,12 @@ Every pick (ViPNAS/EfficientPose: best_arch.json; PNFS: arch_pruned.json) is ret
 scratch with the tier recipe (configs/proxy/baseline-small.yaml) for --retrain-steps steps, train
 seed 0, and scored with COCO OKS AP on all val images, GT boxes, flip test; the SimpleBaselines
 with the same recipe and steps, train seeds 0..2 (their spread is the retraining noise). The
-summary (mean +- std over search seeds per variant, GMACs, wall minutes, the difference to the
-method's random baseline against its standard error) goes to ``--summary``, part ``methods``;
-each search's run directory can be put side by side with ``posenas compare``.
+summary goes to ``--summary``: part ``methods``, one entry per searched variant (``vipnas``,
+``efficientpose``, ``efficientpose-cpu_latency``, ``pnfs``, ``pnfs-darts``) with searched_ap,
+random_ap, searched_gmacs, random_gmacs over the search seeds and the mean difference to random
+with its standard error; part ``method_runs``, the settings, the baselines and every variant's
+seeds (AP, GMACs, search minutes, arch). Each search's run directory can be put side by side
+with ``posenas compare``.
 """
 
 from __future__ import annotations
@@ -59,6 +62,10 @@ CONFIGS = {"vipnas": "configs/proxy/vipnas-resnet.yaml", "efficientpose": "confi
 #: Per method: the variants compared, the first being the method's random baseline.
 VARIANTS = {"vipnas": ("random", "evolution"), "efficientpose": ("random", "dnas-macs", "dnas-cpu_latency"),
             "pnfs": ("random", "synchronous", "darts")}
+#: The entries of the summary's ``methods`` part: (method, searched variant), each against its random.
+ENTRIES = {"vipnas": ("vipnas", "evolution"), "efficientpose": ("efficientpose", "dnas-macs"),
+           "efficientpose-cpu_latency": ("efficientpose", "dnas-cpu_latency"), "pnfs": ("pnfs", "synchronous"),
+           "pnfs-darts": ("pnfs", "darts")}
 BASELINES = ("simplebaseline-small", "simplebaseline-mobilenetv2")
 BASELINE_SEEDS = (0, 1, 2)
 
@@ -200,14 +207,14 @@ def main() -> None:
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; data {DATA}; "
           f"search {args.search_steps} steps, retrain {args.retrain_steps} steps", flush=True)
     summary = read_json(args.summary) if Path(args.summary).exists() else {}
-    part = summary.setdefault("methods", {})
-    part.update(search_steps=args.search_steps, retrain_steps=args.retrain_steps,
-                vipnas_candidates=args.vipnas_candidates)
+    detail = summary.setdefault("method_runs", {})  # settings, baselines, every variant's seeds
+    detail.update(search_steps=args.search_steps, retrain_steps=args.retrain_steps,
+                  vipnas_candidates=args.vipnas_candidates, random_archs=args.random_archs)
 
     def save() -> None:
         write_json(args.summary, summary, indent=2)
 
-    baselines = part.setdefault("baselines", {})
+    baselines = detail.setdefault("baselines", {})
     for name in BASELINES:
         aps = [run(f"{name} seed {s}", [f"model.name={name}"], args.retrain_steps,
                    out / "baselines" / f"{name}-{args.retrain_steps}-seed{s}", [f"train.seed={s}"])["AP"]
@@ -217,7 +224,7 @@ def main() -> None:
         save()
 
     for method in methods:
-        rows = part.setdefault(method, {}).setdefault("variants", {})
+        rows = detail.setdefault(method, {})
         for seed in seeds:
             print(f"== {method}, search seed {seed}", flush=True)
             found = SEARCHES[method](out, seed, args)
@@ -233,24 +240,32 @@ def main() -> None:
                 row.update(AP=[d["AP"] for d in done], gmacs=mean_std([d["gmacs"] for d in done]),
                            search_min=mean_std([d["search_min"] for d in done]), **mean_std([d["AP"] for d in done]))
                 save()
-        for variant in VARIANTS[method][1:]:
-            part[method].setdefault("versus_random", {})[variant] = versus_random(rows, variant)
+        for entry, (of, variant) in ENTRIES.items():
+            if of == method and variant in rows and "random" in rows:
+                searched, rnd = rows[variant]["seeds"], rows["random"]["seeds"]
+                summary.setdefault("methods", {})[entry] = {
+                    "searched": variant, "seeds": sorted(map(int, searched)),
+                    "searched_ap": [searched[k]["AP"] for k in sorted(searched, key=int)],
+                    "random_ap": [rnd[k]["AP"] for k in sorted(rnd, key=int)],
+                    "searched_gmacs": [searched[k]["gmacs"] for k in sorted(searched, key=int)],
+                    "random_gmacs": [rnd[k]["gmacs"] for k in sorted(rnd, key=int)],
+                    "versus_random": versus_random(rows, variant)}
         save()
 
     print("\n| method | variant | seeds | AP mean +- std | GMACs | search min | AP - random (SE) |\n"
           "|---|---|---:|---:|---:|---:|---:|")
     for method in methods:
-        rows = part[method]["variants"]
+        rows = detail[method]
         for variant in VARIANTS[method]:
             r = rows[variant]
-            vs = part[method].get("versus_random", {}).get(variant)
+            vs = versus_random(rows, variant) if variant != "random" else None
             std = f"{r['std']:.3f}" if r["std"] is not None else "-"
             diff = f"{vs['diff']:+.3f} ({vs['se']:.3f})" if vs else "-"
             print(f"| {method} | {variant} | {r['n']} | {r['mean']:.3f} +- {std} | {r['gmacs']['mean']:.4f} | "
                   f"{r['search_min']['mean']:.1f} | {diff} |")
     for name, r in baselines.items():
         print(f"| baseline | {name} | {r['n']} | {r['mean']:.3f} +- {r['std']:.3f} | {r['gmacs']:.4f} | - | - |")
-    print(f"summary: {args.summary} (part 'methods')", flush=True)
+    print(f"summary: {args.summary} (parts 'methods' and 'method_runs')", flush=True)
 
 
 if __name__ == "__main__":
