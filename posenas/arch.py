@@ -24,6 +24,7 @@ from torch import nn
 from posenas.errors import PosenasError
 from posenas.jsonio import read_json, write_json
 from posenas.models.simplebaseline import SimpleBaselineArch, build_simplebaseline
+from posenas.spaces.autopose import AutoPoseArch, build_autopose
 from posenas.spaces.efficientpose import EfficientPoseArch, build_efficientpose
 from posenas.spaces.pnfs import PNFSArch, build_pnfs
 from posenas.spaces.vipnas import ViPNASMobileNetV3Arch, ViPNASResNetArch, build_vipnas
@@ -52,6 +53,7 @@ ARCH_SPACES: dict[str, ArchSpace] = {
     "vipnas-mobilenetv3": ArchSpace(ViPNASMobileNetV3Arch, build_vipnas),
     "efficientpose": ArchSpace(EfficientPoseArch, build_efficientpose),
     "pnfs": ArchSpace(PNFSArch, build_pnfs),
+    "autopose": ArchSpace(AutoPoseArch, build_autopose),
 }
 
 #: Named architectures, as arch JSON.

@@ -2,13 +2,13 @@
 on the same pieces).
 
 - :data:`CELL_OPS`: the candidate operations by name (zero, skip, 3x3 depthwise-separable
-  conv, 3x3 dilated conv of rate 2, 3x3 average and max pooling), each keeping the
-  channels and the resolution.
+  conv, 3x3 dilated conv of rate 2, 3x3 average and max pooling; 1x1, 3x3 and 5x5
+  conv-BN-ReLU), each keeping the channels and the resolution.
 - :class:`MixedOp`: one edge; its output is the weighted sum of its ops for weights the
   caller passes in (softmax(alpha) in PNFS, Gumbel-softmax samples in AutoPose, a
   sparse top-k in 3M-Pose), so the weighting lives outside the edge. Ops whose weight
   is a known zero (``active``) are not run.
-- :class:`Cell`: PNFS Eq. 1 — H hidden nodes, node j the sum over every earlier node i
+- :class:`Cell`: PNFS Eq. 1 (and AutoPose's individual cell, Eq. 2) — H hidden nodes, node j the sum over every earlier node i
   (node 0 is the input) of the mixed op on edge (i, j); the hidden nodes concatenated
   and reduced back to the cell's channels by a 1x1 conv-BN-ReLU.
 - :class:`ScaleInput`: PNFS Eq. 2 — a cell's input node, the beta-weighted sum of the
@@ -49,7 +49,8 @@ class SepConv(nn.Sequential):
         )
 
 
-#: Candidate operations by name: ``factory(channels) -> module`` keeping shape.
+#: Candidate operations by name: ``factory(channels) -> module`` keeping shape. PNFS uses the
+#: first six; AutoPose's set is its plain convolutions (conv-BN-ReLU), the pools and skip.
 CELL_OPS: dict[str, Callable[[int], nn.Module]] = {
     "zero": lambda c: Zero(),
     "skip": lambda c: nn.Identity(),
@@ -57,6 +58,9 @@ CELL_OPS: dict[str, Callable[[int], nn.Module]] = {
     "dil_conv_3x3": lambda c: SepConv(c, dilation=2),
     "avg_pool_3x3": lambda c: nn.AvgPool2d(3, 1, 1, count_include_pad=False),
     "max_pool_3x3": lambda c: nn.MaxPool2d(3, 1, 1),
+    "conv_1x1": lambda c: ConvBNAct(c, c, 1),
+    "conv_3x3": lambda c: ConvBNAct(c, c, 3),
+    "conv_5x5": lambda c: ConvBNAct(c, c, 5),
 }
 
 
@@ -75,9 +79,16 @@ class MixedOp(nn.Module):
         kept = range(len(self.names)) if keep is None else sorted(keep)
         self.ops = nn.ModuleDict({str(k): CELL_OPS[self.names[k]](channels) for k in kept})
 
-    def forward(self, x: torch.Tensor, weights: torch.Tensor, active: Sequence[int] | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, weights: torch.Tensor | None,
+                active: Sequence[int] | None = None) -> torch.Tensor:
         """``active``: indices of the ops to run (others count as weight 0); None runs every
-        built op. "zero" is never run (its term is 0)."""
+        built op. "zero" is never run (its term is 0). ``weights`` None: a derived edge, its
+        one built op applied as it is (no weighting)."""
+        if weights is None:
+            if len(self.ops) != 1:
+                raise ValueError(f"an edge of {len(self.ops)} ops needs their weights")
+            (k, op), = self.ops.items()
+            return torch.zeros_like(x) if self.names[int(k)] == "zero" else op(x)
         out = None
         for k in (map(int, self.ops.keys()) if active is None else active):
             if self.names[k] == "zero":
@@ -100,15 +111,17 @@ class Cell(nn.Module):
                                    for e in range(len(self.edges)))
         self.reduce = ConvBNAct(hidden * channels, channels, 1)
 
-    def forward(self, x: torch.Tensor, weights: torch.Tensor,
+    def forward(self, x: torch.Tensor, weights: torch.Tensor | None,
                 active: Sequence[Sequence[int] | None] | None = None) -> torch.Tensor:
-        """``weights``: (edges x ops) op weights; ``active``: per edge, the ops to run (None: all built)."""
+        """``weights``: (edges x ops) op weights, None for a derived cell (one op per edge);
+        ``active``: per edge, the ops to run (None: all built)."""
         nodes = [x]
         e = 0
         for j in range(1, self.hidden + 1):
             total = None
             for i in range(j):
-                y = self.mixed[e](nodes[i], weights[e], None if active is None else active[e])
+                y = self.mixed[e](nodes[i], None if weights is None else weights[e],
+                                  None if active is None else active[e])
                 total = y if total is None else total + y
                 e += 1
             nodes.append(total)

@@ -47,11 +47,11 @@ from posenas.keypoints import KeypointSchema
 from posenas.models.backbones import mobilenetv2, resnet50
 from posenas.models.blocks import ConvBNAct
 from posenas.spaces.archfields import check_list, check_object, check_str_choice, is_int
-from posenas.spaces.cells import CELL_OPS, Cell, ScaleInput, edges
+from posenas.spaces.cells import Cell, ScaleInput, edges
 
 BACKBONES = ("mobilenetv2", "resnet50", "fabric")
 SUBNET_OPS = ("zero", "skip", "sep_conv_3x3", "dil_conv_3x3")  # the paper's sub-network op set
-ALL_OPS = tuple(CELL_OPS)
+ALL_OPS = ("zero", "skip", "sep_conv_3x3", "dil_conv_3x3", "avg_pool_3x3", "max_pool_3x3")  # the paper's six
 MAX_SCALES = 4
 _KEYS = ("space", "backbone", "backbone_layers", "layers", "scales", "hidden", "channels", "ops", "backbone_ops",
          "parts", "vector_dim", "weights")
