@@ -192,6 +192,11 @@ def tiny_overrides(name: str, root: Path) -> list[str]:
         assert tiny["space"] == space
         out += ["search.candidates=1", "search.calib_batches=1", "search.val_max_images=1",
                 f"supernet.choices={json.dumps(tiny['choices'])}"]
+    elif space == "autopose":  # 4 branches and the six ops at a few channels, one stage; the controller updates at step 0
+        out += ["supernet.channels=[4,8,8,8]", "supernet.stem_channels=8", "supernet.stages=1",
+                "supernet.individual_nodes=2", "search.iterations=1",
+                "search.controller_start_epoch=0", "search.controller_steps=1", "search.reward_images=1",
+                "search.derive_samples=1"]
     elif space == "efficientpose":  # a MACs table (GPU latency needs CUDA), alpha steps from step 0
         out += ["search.cost=macs", "search.warmup_epochs=0", f"search.table_cache={root.parent / 'tables'}"]
     return out

@@ -120,7 +120,9 @@ class FirstOrderObjective(Objective, ABC):
         if world.any_true(not bool(torch.isfinite(loss))):
             return loss.detach()
         params = self.arch_parameters(model)
-        for p, grad in zip(params, torch.autograd.grad(loss, params)):
+        # a parameter this forward did not use (AutoPose: every branch off, so no individual
+        # cell ran) gets no gradient and no Adam step
+        for p, grad in zip(params, torch.autograd.grad(loss, params, allow_unused=True)):
             p.grad = grad
         average_gradients(params, world)
         self.arch_opt.step()

@@ -1,7 +1,8 @@
 """`posenas search` dispatch: one entry per search space, each naming its config, run and report.
 
 A newcomer looking for a method's search finds it in the module named after the method:
-:mod:`posenas.search.vipnas`, :mod:`posenas.search.efficientpose`, :mod:`posenas.search.pnfs`.
+:mod:`posenas.search.vipnas`, :mod:`posenas.search.efficientpose`, :mod:`posenas.search.pnfs`,
+:mod:`posenas.search.autopose`.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 from posenas.errors import PosenasError
-from posenas.search import efficientpose, pnfs, vipnas
+from posenas.search import autopose, efficientpose, pnfs, vipnas
 from posenas.spaces.vipnas import SPACES as VIPNAS_SPACES
 
 
@@ -30,6 +31,7 @@ SEARCHES: dict[str, SearchMethod] = {
     "efficientpose": SearchMethod(efficientpose.DNASExperimentConfig, efficientpose.run_efficientpose,
                                   efficientpose.print_summary),
     "pnfs": SearchMethod(pnfs.PNFSExperimentConfig, pnfs.run_pnfs, pnfs.print_summary),
+    "autopose": SearchMethod(autopose.AutoPoseExperimentConfig, autopose.run_autopose, autopose.print_summary),
 }
 
 

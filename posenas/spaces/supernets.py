@@ -14,10 +14,11 @@ import torch
 from torch import nn
 
 from posenas.errors import PosenasError
+from posenas.spaces.autopose import AutoPoseSpace, AutoPoseSupernet
 from posenas.spaces.efficientpose import SETTINGS, EfficientPoseArch, EfficientPoseSupernet, HeadArch
 from posenas.spaces.vipnas import SPACES, ViPNASSupernet, parse_choices
 
-SUPERNET_SPACES = (*SPACES, "efficientpose")
+SUPERNET_SPACES = (*SPACES, "efficientpose", "autopose")
 
 
 def supernet_fields(space_name: str, supernet_choices_json: dict) -> dict[str, Any]:
@@ -34,6 +35,11 @@ def build_supernet(info: Any, num_joints: int, where: str) -> nn.Module:
     """An untrained supernet as a checkpoint's ``supernet`` field describes it (``where``: the file, for errors)."""
     if not isinstance(info, dict) or info.get("space") not in SUPERNET_SPACES:
         raise PosenasError(f"{where}: field 'supernet': expected {{'space': one of {', '.join(SUPERNET_SPACES)}, ...}}")
+    if info["space"] == "autopose":
+        net = info.get("net")
+        if not isinstance(net, dict):
+            raise PosenasError(f"{where}: field 'supernet'.net: expected the searched network's JSON object")
+        return AutoPoseSupernet(AutoPoseSpace.from_json(net, f"{where}: field 'supernet'.net"), num_joints)
     if info["space"] == "efficientpose":
         if info.get("setting") not in SETTINGS:
             raise PosenasError(f"{where}: field 'supernet'.setting: expected one of {', '.join(SETTINGS)}")
