@@ -69,6 +69,20 @@ def average_gradients(params, world: World) -> None:
         p.grad /= world.size
 
 
+def check_identical(tensors: list[torch.Tensor], world: World, what: str) -> None:
+    """Raise if ``tensors`` differ between the ranks (sums and absolute sums gathered from every
+    rank): state that every rank must hold alike (architecture parameters, a controller, its draw)."""
+    if world.size == 1:
+        return
+    own = torch.stack([v for t in tensors for v in (t.detach().double().sum(), t.detach().double().abs().sum())])
+    own = own.to(world.device)
+    seen = [torch.zeros_like(own) for _ in range(world.size)]
+    dist.all_gather(seen, own)
+    for rank, other in enumerate(seen[1:], start=1):
+        if not torch.equal(other, seen[0]):
+            raise PosenasError(f"{what}: rank {rank} differs from rank 0 (a search must keep them identical)")
+
+
 def init_world(device_name: str) -> World:
     """Join the process group when started by torchrun (WORLD_SIZE > 1), once per process: a
     later call (the search phase after the supernet's training) reuses the group, after a

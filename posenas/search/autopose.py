@@ -52,7 +52,7 @@ from posenas.data.records import PoseDataset
 from posenas.data.transforms import AugmentConfig
 from posenas.display import format_score, heading, retrain_command, warn
 from posenas.engine.config import DataConfig, ExperimentConfig, OptimConfig, TrainConfig, TrainingSections
-from posenas.engine.distributed import World, resolve_device
+from posenas.engine.distributed import World, check_identical, resolve_device
 from posenas.engine.precision import supernet_family
 from posenas.engine.predict import evaluate_model, primary_value
 from posenas.engine.train import interruptible, make_codec, run_length, train
@@ -238,6 +238,10 @@ class AutoPoseObjective(FirstOrderObjective):
             self.controller_update(model, step)
         with torch.no_grad():
             model.set_branches(self.controller.sample(branch_generator(self.cfg.search.seed, "step", step)).branches)
+        if self.controller_due(step):  # under torchrun: alpha, the controller and this step's beta alike on every rank
+            check_identical([*model.arch_parameters(), *self.controller.parameters(),
+                             torch.tensor(model.branches, dtype=torch.float64)], world,
+                            f"step {step}: alpha, controller and branch vectors")
         return super().step(model, images, target, weight, step, world)
 
     def state_dict(self) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from posenas.errors import PosenasError
-from posenas.spaces.autopose import AutoPoseSpace, AutoPoseSupernet
+from posenas.spaces.autopose import AutoPoseArch, AutoPoseSpace, AutoPoseSupernet, derived_state_dict
 from posenas.spaces.efficientpose import SETTINGS, EfficientPoseArch, EfficientPoseSupernet, HeadArch
 from posenas.spaces.vipnas import SPACES, ViPNASSupernet, parse_choices
 
@@ -51,6 +51,13 @@ def build_supernet(info: Any, num_joints: int, where: str) -> nn.Module:
 
 def subnet_state(supernet: nn.Module, arch: Any, where: str) -> dict[str, torch.Tensor]:
     """The plain model of ``arch``'s weights, taken from ``supernet`` (a copy)."""
+    if isinstance(supernet, AutoPoseSupernet):
+        if not isinstance(arch, AutoPoseArch):
+            raise PosenasError(f"{where}: cannot inherit weights: an autopose supernet holds autopose archs only")
+        try:
+            return derived_state_dict(supernet, arch, supernet.num_joints)
+        except PosenasError as e:
+            raise PosenasError(f"{where}: {e}") from None
     if isinstance(supernet, EfficientPoseSupernet):
         if not isinstance(arch, EfficientPoseArch) or arch.setting != supernet.setting or arch.head != supernet.head_arch:
             raise PosenasError(f"{where}: cannot inherit weights: the arch is not a sub-net of this efficientpose "
