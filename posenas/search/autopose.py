@@ -244,6 +244,11 @@ class AutoPoseObjective(FirstOrderObjective):
                             f"step {step}: alpha, controller and branch vectors")
         return super().step(model, images, target, weight, step, world)
 
+    def before_validation(self, model: nn.Module) -> None:
+        """Validation sees the controller's most likely branch vectors."""
+        with torch.no_grad():
+            model.set_branches(self.controller.sample(greedy=True).branches)
+
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "controller": self.agent.state_dict(), "history": self.history}
 
