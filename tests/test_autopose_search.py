@@ -78,6 +78,23 @@ def test_search_run_files_derivation_and_resume(tmp_path, data_root, capsys):
     assert read_jsonl(out / "derive.jsonl") == samples  # the same draws and scores
 
 
+@pytest.mark.parametrize("policy", ["random", "all"])
+def test_branch_policies_of_the_baselines(tmp_path, data_root, policy):
+    """random: fresh coin flips every step, no controller update; all: every branch on, one derivation sample."""
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text(json.dumps(search_cfg(data_root, branch_policy=policy)))
+    out = tmp_path / "run"
+    assert main(["search", "--config", str(cfg), "--out", str(out), "--quiet"]) == 0
+    assert read_jsonl(out / "controller.jsonl") == []
+    drawn = [m["branches"] for m in read_jsonl(out / "supernet" / "metrics.jsonl") if "branches" in m]
+    samples = read_jsonl(out / "derive.jsonl")
+    arch = AutoPoseArch.from_json(json.loads((out / "best_arch.json").read_text()))
+    if policy == "all":
+        assert set(drawn) == {"11|11"} and len(samples) == 1 and arch.branches == ((1, 1), (1, 1))
+    else:
+        assert len(drawn) == 12 and len(set(drawn)) > 4 and len(samples) == 3
+
+
 def test_resumed_search_ends_with_the_same_alpha_weights_and_controller(tmp_path, data_root):
     cfg = from_dict(AutoPoseExperimentConfig, search_cfg(data_root))
     train(cfg.training(), tmp_path / "full", progress=False, objective=AutoPoseObjective(cfg))
@@ -99,6 +116,8 @@ def test_resumed_search_ends_with_the_same_alpha_weights_and_controller(tmp_path
     ({"search": {"controller_start_epoch": 5}},
      "config.search.controller_start_epoch: 5.0 epochs are 20 steps here (4 per epoch) but the run has 12"),
     ({"search": {"controller_batch": 0}}, "config.search.controller_batch: must be >= 1, got 0"),
+    ({"search": {"branch_policy": "greedy"}},
+     "config.search.branch_policy: 'greedy' not allowed; allowed: controller, random, all"),
     ({"supernet": {"ops": ["conv_3x3", "sep_conv_3x3"]}},
      "config.supernet.ops[1]: 'sep_conv_3x3' not allowed; allowed: 'conv_1x1'"),
     ({"supernet": {"tau_end": 0}}, "config.supernet.tau_start and tau_end: must be > 0"),

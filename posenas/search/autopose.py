@@ -19,6 +19,11 @@ Derivation (Sec. 3.3): ``search.derive_samples`` beta vectors (paper: N = 10) sa
 trained controller and scored the same way on every held-out image, the best kept; the argmax
 op of every edge; the channels multiplied by ``supernet.derived_width_mult`` (paper: 2).
 
+``search.branch_policy`` gives the paper's comparisons the same machinery: ``random`` draws
+every step's beta (and the derivation's samples) as fair coin flips and never trains the
+controller (the same cell search under random branches); ``all`` keeps every branch on (the
+paper's "fixed to four": cell search only).
+
 Run directory::
 
     config.yaml                 the resolved config
@@ -102,8 +107,14 @@ class AutoPoseSupernetConfig:
         return self.tau_start * (self.tau_end / self.tau_start) ** min(1.0, frac)
 
 
+#: Where each step's branch vectors come from: the REINFORCE controller (AutoPose), uniform
+#: random bits (the same cell search under random branches), or every branch on (cell search only).
+BRANCH_POLICIES = ("controller", "random", "all")
+
+
 @dataclass(frozen=True)
 class AutoPoseSearchConfig:
+    branch_policy: str = "controller"  # controller | random | all (the baselines of the benchmark)
     arch_fraction: float = 0.2  # share of the training images held out for alpha steps and rewards
     arch_lr: float = 3e-3  # Adam on alpha (paper)
     arch_weight_decay: float = 0.0
@@ -121,6 +132,9 @@ class AutoPoseSearchConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.branch_policy not in BRANCH_POLICIES:
+            raise PosenasError(f"config.search.branch_policy: {self.branch_policy!r} not allowed; allowed: "
+                               f"{', '.join(BRANCH_POLICIES)}")
         if not 0 < self.arch_fraction < 1:
             raise PosenasError(f"config.search.arch_fraction: must be in (0, 1), got {self.arch_fraction}")
         for name in ("arch_lr", "controller_lr"):
@@ -153,6 +167,22 @@ class AutoPoseExperimentConfig(TrainingSections):
         if self.train.init_from:
             raise PosenasError("config.train.init_from: not supported by the AutoPose search (its supernet starts "
                                "from scratch); leave it null")
+
+
+def all_on(controller: BranchController):
+    return tuple((1,) * controller.branches for _ in range(controller.modules_))
+
+
+def draw_branches(policy: str, controller: BranchController, generator: torch.Generator):
+    """A step's (or a derivation sample's) branch vectors under ``policy``: the controller's draw,
+    fair coin flips, or every branch on."""
+    if policy == "all":
+        return all_on(controller)
+    if policy == "random":
+        bits = (torch.rand(controller.modules_, controller.branches, generator=generator) < 0.5).int()
+        return tuple(tuple(int(b) for b in row) for row in bits.tolist())
+    with torch.no_grad():
+        return controller.sample(generator).branches
 
 
 def autopose_supernet_fields(supernet: AutoPoseSupernet) -> dict[str, Any]:
@@ -211,7 +241,7 @@ class AutoPoseObjective(FirstOrderObjective):
         self.steps_per_epoch = s.iterations or steps_per_epoch  # Algorithm 1's N_iter
         self.total = run_length(cfg, steps_per_epoch)
         self.controller_start = round(s.controller_start_epoch * self.steps_per_epoch)
-        if self.controller_start >= self.total:
+        if s.branch_policy == "controller" and self.controller_start >= self.total:
             raise PosenasError(
                 f"config.search.controller_start_epoch: {s.controller_start_epoch} epochs are {self.controller_start} "
                 f"steps here ({self.steps_per_epoch} per epoch) but the run has {self.total}, so the controller would "
@@ -220,8 +250,9 @@ class AutoPoseObjective(FirstOrderObjective):
         self.reward_set = replace(self.arch_set, images=images)
 
     def controller_due(self, step: int) -> bool:
-        """At every epoch boundary (N_iter steps) from the start epoch on."""
-        return step >= self.controller_start and (step - self.controller_start) % self.steps_per_epoch == 0
+        """At every epoch boundary (N_iter steps) from the start epoch on (the controller policy only)."""
+        return (self.cfg.search.branch_policy == "controller" and step >= self.controller_start
+                and (step - self.controller_start) % self.steps_per_epoch == 0)
 
     def controller_update(self, model: AutoPoseSupernet, step: int) -> None:
         s = self.cfg.search
@@ -236,8 +267,8 @@ class AutoPoseObjective(FirstOrderObjective):
         model.tau = self.cfg.supernet.tau(step, self.total)
         if self.controller_due(step):
             self.controller_update(model, step)
-        with torch.no_grad():
-            model.set_branches(self.controller.sample(branch_generator(self.cfg.search.seed, "step", step)).branches)
+        model.set_branches(draw_branches(self.cfg.search.branch_policy, self.controller,
+                                         branch_generator(self.cfg.search.seed, "step", step)))
         if self.controller_due(step):  # under torchrun: alpha, the controller and this step's beta alike on every rank
             check_identical([*model.arch_parameters(), *self.controller.parameters(),
                              torch.tensor(model.branches, dtype=torch.float64)], world,
@@ -245,9 +276,10 @@ class AutoPoseObjective(FirstOrderObjective):
         return super().step(model, images, target, weight, step, world)
 
     def before_validation(self, model: nn.Module) -> None:
-        """Validation sees the controller's most likely branch vectors."""
+        """Validation sees the controller's most likely branch vectors (all branches, under ``all``)."""
         with torch.no_grad():
-            model.set_branches(self.controller.sample(greedy=True).branches)
+            greedy = self.controller.sample(greedy=True).branches
+        model.set_branches(greedy if self.cfg.search.branch_policy != "all" else all_on(self.controller))
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "controller": self.agent.state_dict(), "history": self.history}
@@ -262,7 +294,7 @@ class AutoPoseObjective(FirstOrderObjective):
         with torch.no_grad():
             w_i, w_a = (torch.softmax(a, -1) for a in model.arch_parameters())
         last = self.history[-1] if self.history else None
-        return {**super().log_fields(model), "tau": round(model.tau, 5),
+        return {**super().log_fields(model), "tau": round(model.tau, 5), "branches": bits_of(model.branches),
                 "alpha_individual": [[round(float(v), 4) for v in row] for row in w_i],
                 "alpha_aggregation": [[round(float(v), 4) for v in row] for row in w_a],
                 "branch_probs": [[round(p, 4) for p in row] for row in self.controller.probabilities()],
@@ -370,8 +402,8 @@ def finish_autopose(cfg: AutoPoseExperimentConfig, out: Path, train_set: PoseDat
     supernet.to(device)
     samples = []
     with torch.no_grad():
-        for i in range(s.derive_samples):
-            branches = controller.sample(branch_generator(s.seed, "derive", i)).branches
+        for i in range(1 if s.branch_policy == "all" else s.derive_samples):
+            branches = draw_branches(s.branch_policy, controller, branch_generator(s.seed, "derive", i))
             score = held_out_score(supernet, branches, held_out, codec, device, cfg.data.batch_size * 2)
             samples.append({"sample": i, "branches": [list(r) for r in branches], "bits": bits_of(branches),
                             "score": score})
@@ -390,7 +422,7 @@ def finish_autopose(cfg: AutoPoseExperimentConfig, out: Path, train_set: PoseDat
                 sc.ops)
     size = tuple(cfg.data.input_size)
     model = build_autopose(arch, supernet.num_joints)
-    summary = {"arch": arch.to_json(), "best": best, "samples": samples,
+    summary = {"arch": arch.to_json(), "branch_policy": s.branch_policy, "best": best, "samples": samples,
                "gmacs": count_macs(model, size)[0] / 1e9, "params_m": count_params(model) / 1e6,
                "searched_width_gmacs": count_macs(build_autopose(searched, supernet.num_joints), size)[0] / 1e9,
                "controller_updates": len(history),
@@ -406,7 +438,7 @@ def print_summary(summary: dict, out: Path, cfg: AutoPoseExperimentConfig) -> No
     print(f"best branch vector {best['bits']}: held-out score {format_score(best['score'])} with the shared "
           f"weights; derived net ({cfg.supernet.derived_width_mult}x channels) {summary['params_m']:.3f} M params, "
           f"{summary['gmacs']:.4f} GMACs; {out / 'best_arch.json'}")
-    if not summary["controller_updates"]:
+    if not summary["controller_updates"] and cfg.search.branch_policy == "controller":
         warn("the controller never updated: its branch vectors are its initial coin flips")
     print("retrain it: " + retrain_command(out / "best_arch.json", cfg.data.root, cfg.data.input_size))
 
