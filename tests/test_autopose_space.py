@@ -11,7 +11,7 @@ from torch.nn import functional as F
 
 from posenas.arch import arch_from_json, build_model
 from posenas.errors import PosenasError
-from posenas.spaces.autopose import (OPS, AggregationCell, AutoPoseArch, AutoPoseNet, AutoPoseSpace,
+from posenas.spaces.autopose import (OPS, AggregationCell, ConcatAggregation, AutoPoseArch, AutoPoseNet, AutoPoseSpace,
                                      AutoPoseSupernet, MultiScaleModule, aggregation_edges, derived_state_dict)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -22,7 +22,7 @@ SMALL = AutoPoseSpace(channels=(4, 8), stem_channels=8, stages=1, modules_per_st
 
 
 def small_arch(branches=((1, 0), (1, 1)), **net) -> AutoPoseArch:
-    space = AutoPoseSpace(**{**SMALL.__dict__, **net})
+    space = AutoPoseSpace(**{**SMALL.__dict__, **net})  # under aggregation "concat" no aggregation ops
     return AutoPoseArch(space, tuple(branches), ("conv_3x3", "skip", "max_pool_3x3")[:len(space.individual_edges())],
                         tuple(OPS[e % len(OPS)] for e in range(len(space.aggregation_edges()))))
 
@@ -88,9 +88,10 @@ def test_gumbel_softmax_in_training_softmax_over_tau_in_eval():
     assert sup.op_weights()[0].max() < c.max()
 
 
-def test_derived_net_equals_the_supernet_with_one_hot_alpha_and_fixed_branches():
+@pytest.mark.parametrize("aggregation", ["cell", "concat"])
+def test_derived_net_equals_the_supernet_with_one_hot_alpha_and_fixed_branches(aggregation):
     torch.manual_seed(0)
-    arch = small_arch(branches=((1, 0), (0, 1)))
+    arch = small_arch(branches=((1, 0), (0, 1)), aggregation=aggregation)
     sup = AutoPoseSupernet(arch.net, 5).eval()
     with torch.no_grad():  # alpha one-hot on the arch's ops: softmax(alpha / tau) is exactly one-hot
         for alpha, ops in ((sup.alpha_individual, arch.individual_cell), (sup.alpha_aggregation, arch.aggregation_cell)):
@@ -112,10 +113,28 @@ def test_derived_net_equals_the_supernet_with_one_hot_alpha_and_fixed_branches()
         assert (sup(x) - net(x)).abs().max() < 1e-5
     assert not any("alpha" in k for k in net.state_dict())  # no NAS machinery in the derived net
     assert len(net.state_dict()) < len(sup.state_dict())  # inactive branches' cells and unchosen ops not built
-    wider = AutoPoseArch(AutoPoseSpace(**{**SMALL.__dict__, "channels": (4, 16)}), arch.branches,
+    wider = AutoPoseArch(AutoPoseSpace(**{**arch.net.__dict__, "channels": (4, 16)}), arch.branches,
                          arch.individual_cell, arch.aggregation_cell)
     with pytest.raises(PosenasError, match="not a sub-net of this supernet"):
         derived_state_dict(sup, wider, 5)
+
+
+def test_the_concat_ablation_resamples_concatenates_and_reduces():
+    torch.manual_seed(0)
+    cell = ConcatAggregation((4, 8), 1).eval()
+    fine, coarse = torch.randn(1, 4, 8, 8), torch.randn(1, 8, 4, 4)
+    with torch.no_grad():
+        expected = cell.reduce(torch.cat([cell.resample[0].body(fine), coarse], 1))
+        assert torch.allclose(cell([fine, coarse]), expected, atol=1e-6)
+    arch = small_arch(aggregation="concat")
+    assert arch.aggregation_cell == () and arch.to_json()["aggregation_cell"] == {"inputs": [], "nodes": []}
+    assert arch_from_json(json.loads(json.dumps(arch.to_json()))) == arch
+    sup = AutoPoseSupernet(arch.net, 3)
+    assert sup.arch_parameters() == [sup.alpha_individual]  # nothing searched in the aggregation
+    data = arch.to_json()
+    data["aggregation_cell"]["inputs"] = [["skip", "skip"]]
+    with pytest.raises(PosenasError, match=r"arch.aggregation_cell.inputs: expected 0 entries, got 1"):
+        arch_from_json(data)
 
 
 def test_shapes_head_at_quarter_resolution_and_width_mult_doubles_channels():

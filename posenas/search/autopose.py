@@ -81,6 +81,7 @@ class AutoPoseSupernetConfig:
     individual_nodes: int = 4
     aggregation_nodes: int = 2
     ops: tuple[str, ...] = OPS
+    aggregation: str = "cell"  # cell (Eq. 3) | concat (the paper's ablation: plain concatenation)
     derived_width_mult: int = 2  # the paper doubles the searched channels for the derived network
     tau_start: float = 1.0  # Gumbel-softmax temperature at the first step ...
     tau_end: float = 0.1  # ... and at the last (exponential in between)
@@ -99,7 +100,7 @@ class AutoPoseSupernetConfig:
             "channels": list(self.channels), "width_mult": width_mult, "stem_channels": self.stem_channels,
             "stages": self.stages, "modules_per_stage": self.modules_per_stage,
             "individual_nodes": self.individual_nodes, "aggregation_nodes": self.aggregation_nodes,
-            "ops": list(self.ops)}, "config.supernet")
+            "aggregation": self.aggregation, "ops": list(self.ops)}, "config.supernet")
 
     def tau(self, step: int, total: int) -> float:
         """The temperature at ``step`` of ``total``: tau_start (tau_end / tau_start) ** (step / (total - 1))."""
@@ -292,7 +293,7 @@ class AutoPoseObjective(FirstOrderObjective):
 
     def log_fields(self, model: nn.Module) -> dict[str, Any]:
         with torch.no_grad():
-            w_i, w_a = (torch.softmax(a, -1) for a in model.arch_parameters())
+            w_i, w_a = (torch.softmax(a, -1) for a in (model.alpha_individual, model.alpha_aggregation))
         last = self.history[-1] if self.history else None
         return {**super().log_fields(model), "tau": round(model.tau, 5), "branches": bits_of(model.branches),
                 "alpha_individual": [[round(float(v), 4) for v in row] for row in w_i],
@@ -345,6 +346,9 @@ def plot_search(metrics: list[dict], history: list[dict], path_alpha: Path, path
     if rows:
         fig, axes = plt.subplots(1, 2, figsize=(9, 3), sharey=True)
         for ax, key in zip(axes, ("alpha_individual", "alpha_aggregation")):
+            if not rows[0][key]:  # aggregation concat: nothing searched there
+                ax.set_title(key.replace("alpha_", "") + " cell: not searched", fontsize=8)
+                continue
             for k, op in enumerate(ops):
                 ax.plot([r["step"] for r in rows], [sum(e[k] for e in r[key]) / len(r[key]) for r in rows], label=op)
             ax.set_title(key.replace("alpha_", "") + " cell: softmax(alpha), mean over edges", fontsize=8)

@@ -51,8 +51,11 @@ from posenas.spaces.cells import Cell, MixedOp, edges
 
 OPS = ("conv_1x1", "conv_3x3", "conv_5x5", "avg_pool_3x3", "max_pool_3x3", "skip")
 MAX_BRANCHES = 4
+#: How a module's branches meet: the searched aggregation cell (Eq. 3), or the paper's ablation
+#: (Table 4, "N/A"): the resampled branches concatenated and reduced by a 1x1 conv-BN-ReLU.
+AGGREGATIONS = ("cell", "concat")
 _KEYS = ("space", "channels", "width_mult", "stem_channels", "stages", "modules_per_stage", "individual_nodes",
-         "aggregation_nodes", "ops", "branches", "individual_cell", "aggregation_cell")
+         "aggregation_nodes", "aggregation", "ops", "branches", "individual_cell", "aggregation_cell")
 
 
 def aggregation_edges(nodes: int, branches: int) -> list[tuple[str, int, int]]:
@@ -77,6 +80,7 @@ class AutoPoseSpace:
     individual_nodes: int = 4
     aggregation_nodes: int = 2
     ops: tuple[str, ...] = OPS
+    aggregation: str = "cell"
 
     @property
     def branches(self) -> int:
@@ -95,13 +99,14 @@ class AutoPoseSpace:
         return edges(self.individual_nodes)
 
     def aggregation_edges(self) -> list[tuple[str, int, int]]:
-        return aggregation_edges(self.aggregation_nodes, self.branches)
+        """The searched edges of the aggregation cell (none under ``concat``)."""
+        return aggregation_edges(self.aggregation_nodes, self.branches) if self.aggregation == "cell" else []
 
     def to_json(self) -> dict:
         return {"channels": list(self.channels), "width_mult": self.width_mult, "stem_channels": self.stem_channels,
                 "stages": self.stages, "modules_per_stage": self.modules_per_stage,
                 "individual_nodes": self.individual_nodes, "aggregation_nodes": self.aggregation_nodes,
-                "ops": list(self.ops)}
+                "aggregation": self.aggregation, "ops": list(self.ops)}
 
     @classmethod
     def from_json(cls, data: dict, where: str) -> "AutoPoseSpace":
@@ -130,7 +135,9 @@ class AutoPoseSpace:
                    stages=integer("stages", cls.stages, 1, 8),
                    modules_per_stage=integer("modules_per_stage", cls.modules_per_stage, 1, 8),
                    individual_nodes=integer("individual_nodes", cls.individual_nodes, 1, 8),
-                   aggregation_nodes=integer("aggregation_nodes", cls.aggregation_nodes, 1, 8), ops=tuple(ops))
+                   aggregation_nodes=integer("aggregation_nodes", cls.aggregation_nodes, 1, 8), ops=tuple(ops),
+                   aggregation=check_str_choice(data.get("aggregation", cls.aggregation), f"{where}.aggregation",
+                                                AGGREGATIONS))
 
 
 @dataclass(frozen=True)
@@ -183,6 +190,8 @@ class AutoPoseArch:
 
 def _aggregation_json(net: AutoPoseSpace, ops: Sequence[str]) -> tuple[list, list]:
     """(per node: its op per branch input; per node: its ops from earlier nodes) from the flat order."""
+    if net.aggregation == "concat":
+        return [], []
     inputs: list[list[str]] = [[] for _ in range(net.aggregation_nodes)]
     nodes: list[list[str]] = [[] for _ in range(net.aggregation_nodes)]
     for (kind, _, i), op in zip(net.aggregation_edges(), ops):
@@ -192,6 +201,10 @@ def _aggregation_json(net: AutoPoseSpace, ops: Sequence[str]) -> tuple[list, lis
 
 def _aggregation_from_json(net: AutoPoseSpace, value: Any, where: str) -> tuple[str, ...]:
     data = check_object(value, where, ("inputs", "nodes"), required=("inputs", "nodes"))
+    if net.aggregation == "concat":  # nothing searched: both lists empty
+        check_list(data["inputs"], f"{where}.inputs", "nothing (aggregation concat)", 0)
+        check_list(data["nodes"], f"{where}.nodes", "nothing (aggregation concat)", 0)
+        return ()
     inputs = check_list(data["inputs"], f"{where}.inputs", "per node, one op per branch", net.aggregation_nodes)
     nodes = check_list(data["nodes"], f"{where}.nodes", "per node, one op per earlier node", net.aggregation_nodes)
     flat = []
@@ -274,6 +287,21 @@ class AggregationCell(nn.Module):
         return self.reduce(torch.cat([nodes[i] for i in range(1, self.nodes + 1)], dim=1))
 
 
+class ConcatAggregation(nn.Module):
+    """The ablation of the aggregation cell: every branch resampled to branch ``target``,
+    concatenated, reduced by a 1x1 conv-BN-ReLU (no searched ops)."""
+
+    def __init__(self, widths: Sequence[int], target: int):
+        super().__init__()
+        self.target = target
+        self.resample = nn.ModuleList(Resample(widths, b, target) for b in range(len(widths)))
+        self.reduce = ConvBNAct(widths[target] * len(widths), widths[target], 1)
+
+    def forward(self, features: Sequence[torch.Tensor], weights: torch.Tensor | None = None) -> torch.Tensor:
+        size = tuple(features[self.target].shape[-2:])
+        return self.reduce(torch.cat([r(f, size) for r, f in zip(self.resample, features)], dim=1))
+
+
 class MultiScaleModule(nn.Module):
     """Eq. 1 for every branch: the active ones run C_I1, C_I2 and then C_M over all branches'
     C_I2 outputs (module inputs for inactive branches); an inactive branch passes its input on.
@@ -288,7 +316,8 @@ class MultiScaleModule(nn.Module):
         self.individual2 = nn.ModuleDict({str(b): Cell(widths[b], net.individual_nodes, net.ops, keep_individual)
                                           for b in self.built})
         self.aggregation = nn.ModuleDict({
-            str(b): AggregationCell(widths, b, net.aggregation_nodes, net.ops, keep_aggregation) for b in self.built})
+            str(b): (AggregationCell(widths, b, net.aggregation_nodes, net.ops, keep_aggregation)
+                     if net.aggregation == "cell" else ConcatAggregation(widths, b)) for b in self.built})
 
     def forward(self, xs: Sequence[torch.Tensor], active: Sequence[int], w_individual: torch.Tensor | None,
                 w_aggregation: torch.Tensor | None) -> list[torch.Tensor]:
@@ -353,7 +382,7 @@ class AutoPoseSupernet(nn.Module):
         self.branches: tuple[tuple[int, ...], ...] = tuple((1,) * net.branches for _ in range(net.modules))
 
     def arch_parameters(self) -> list[nn.Parameter]:
-        return [self.alpha_individual, self.alpha_aggregation]
+        return [self.alpha_individual] + ([self.alpha_aggregation] if self.alpha_aggregation.numel() else [])
 
     def set_branches(self, branches: Sequence[Sequence[int]]) -> None:
         """The branch vectors of the next forwards (modules x B bits)."""
@@ -364,12 +393,11 @@ class AutoPoseSupernet(nn.Module):
         self.branches = tuple(rows)
 
     def op_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(individual, aggregation) op weights of this forward."""
-        if self.training:
-            return (F.gumbel_softmax(self.alpha_individual, tau=self.tau, dim=-1),
-                    F.gumbel_softmax(self.alpha_aggregation, tau=self.tau, dim=-1))
-        return (torch.softmax(self.alpha_individual / self.tau, dim=-1),
-                torch.softmax(self.alpha_aggregation / self.tau, dim=-1))
+        """(individual, aggregation) op weights of this forward (aggregation None: nothing searched there)."""
+        weigh = ((lambda a: F.gumbel_softmax(a, tau=self.tau, dim=-1)) if self.training
+                 else (lambda a: torch.softmax(a / self.tau, dim=-1)))
+        return (weigh(self.alpha_individual),
+                weigh(self.alpha_aggregation) if self.alpha_aggregation.numel() else None)
 
     def derive(self) -> AutoPoseArch:
         """The argmax op of every edge, with the current branch vectors."""
