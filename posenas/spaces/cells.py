@@ -8,9 +8,10 @@ on the same pieces).
   caller passes in (softmax(alpha) in PNFS, Gumbel-softmax samples in AutoPose, a
   sparse top-k in 3M-Pose), so the weighting lives outside the edge. Ops whose weight
   is a known zero (``active``) are not run.
-- :class:`Cell`: PNFS Eq. 1 (and AutoPose's individual cell, Eq. 2) — H hidden nodes, node j the sum over every earlier node i
-  (node 0 is the input) of the mixed op on edge (i, j); the hidden nodes concatenated
-  and reduced back to the cell's channels by a 1x1 conv-BN-ReLU.
+- :class:`Cell`: PNFS Eq. 1 (AutoPose's individual cell, Eq. 2) — H hidden nodes, node j
+  the sum over every earlier node i (node 0 is the input) of the mixed op on edge (i, j);
+  the hidden nodes concatenated and reduced back to the cell's channels by a 1x1
+  conv-BN-ReLU.
 - :class:`ScaleInput`: PNFS Eq. 2 — a cell's input node, the beta-weighted sum of the
   three neighbouring scales of the previous layer: the finer one down-sampled by a
   stride-2 3x3 conv-BN-ReLU (doubling channels), the same scale as it is, the coarser
