@@ -18,13 +18,19 @@ For every method and search seed s (``train.seed`` and ``search.seed`` = s), on 
 - ``pnfs`` (configs/proxy/pnfs.yaml): synchronous and first-order DARTS, --search-steps steps,
   and the fabric with alpha, beta drawn from N(0, 1) with seed s and frozen (the paper's
   random baseline; same steps, so the same wall clock as synchronous).
+- ``autopose`` (configs/proxy/autopose.yaml): the REINFORCE controller against coin-flip
+  branch vectors under the same cell search, every branch on (the paper's "fixed to four"),
+  and the aggregation-cell ablation (plain concatenation, with the controller), --search-steps
+  steps each (not in the default --methods: a supernet step is ~2.5 s here); the controller's
+  reward curve per seed.
 
 Every pick (ViPNAS/EfficientPose: best_arch.json; PNFS: arch_pruned.json) is retrained from
 scratch with the tier recipe (configs/proxy/baseline-small.yaml) for --retrain-steps steps, train
 seed 0, and scored with COCO OKS AP on all val images, GT boxes, flip test; the SimpleBaselines
 with the same recipe and steps, train seeds 0..2 (their spread is the retraining noise). The
 summary goes to ``--summary``: part ``methods``, one entry per searched variant (``vipnas``,
-``efficientpose``, ``efficientpose-cpu_latency``, ``pnfs``, ``pnfs-darts``) with searched_ap,
+``efficientpose``, ``efficientpose-cpu_latency``, ``pnfs``, ``pnfs-darts``, ``autopose``; the
+AutoPose all-branches and concat rows are in ``method_runs``) with searched_ap,
 random_ap, searched_gmacs, random_gmacs over the search seeds and the mean difference to random
 with its standard error; part ``method_runs``, the settings, the baselines and every variant's
 seeds (AP, GMACs, search minutes, arch). Each search's run directory can be put side by side
@@ -49,7 +55,8 @@ from proxy_tier import DATA, SPEC, input_size, run
 from posenas.arch import build_model, load_arch_file, named_arch
 from posenas.config import load_config
 from posenas.cost import count_macs
-from posenas.jsonio import read_json, write_json
+from posenas.jsonio import read_json, read_jsonl, write_json
+from posenas.search.autopose import AutoPoseExperimentConfig, run_autopose
 from posenas.search.efficientpose import DNASExperimentConfig, random_search_archs, run_dnas, run_random_search
 from posenas.search.pnfs import PNFSExperimentConfig, run_pnfs
 from posenas.search.rundir import open_search_dir
@@ -58,14 +65,14 @@ from posenas.search.vipnas_config import SearchExperimentConfig
 from posenas.synthetic.generate import default_spec, ensure_synthetic
 
 CONFIGS = {"vipnas": "configs/proxy/vipnas-resnet.yaml", "efficientpose": "configs/proxy/efficientpose.yaml",
-           "pnfs": "configs/proxy/pnfs.yaml"}
+           "pnfs": "configs/proxy/pnfs.yaml", "autopose": "configs/proxy/autopose.yaml"}
 #: Per method: the variants compared, the first being the method's random baseline.
 VARIANTS = {"vipnas": ("random", "evolution"), "efficientpose": ("random", "dnas-macs", "dnas-cpu_latency"),
-            "pnfs": ("random", "synchronous", "darts")}
+            "pnfs": ("random", "synchronous", "darts"), "autopose": ("random", "controller", "all", "concat")}
 #: The entries of the summary's ``methods`` part: (method, searched variant), each against its random.
 ENTRIES = {"vipnas": ("vipnas", "evolution"), "efficientpose": ("efficientpose", "dnas-macs"),
            "efficientpose-cpu_latency": ("efficientpose", "dnas-cpu_latency"), "pnfs": ("pnfs", "synchronous"),
-           "pnfs-darts": ("pnfs", "darts")}
+           "pnfs-darts": ("pnfs", "darts"), "autopose": ("autopose", "controller")}
 BASELINES = ("simplebaseline-small", "simplebaseline-mobilenetv2")
 BASELINE_SEEDS = (0, 1, 2)
 
@@ -162,7 +169,28 @@ def pnfs_searches(out: Path, seed: int, args) -> dict[str, dict]:
     return found
 
 
-SEARCHES = {"vipnas": vipnas_searches, "efficientpose": efficientpose_searches, "pnfs": pnfs_searches}
+def autopose_searches(out: Path, seed: int, args) -> dict[str, dict]:
+    """The controller against random branch vectors (same cell search), every branch on, and the
+    aggregation-cell ablation (plain concatenation, with the controller); equal steps each."""
+    cfg = load_config(AutoPoseExperimentConfig, CONFIGS["autopose"], overrides("autopose", seed, args))
+    root = out / "autopose" / f"seed{seed}"
+    found = {}
+    for variant in VARIANTS["autopose"]:
+        policy = variant if variant in ("random", "all") else "controller"
+        vcfg = replace(cfg, search=replace(cfg.search, branch_policy=policy))
+        if variant == "concat":
+            vcfg = replace(vcfg, supernet=replace(vcfg.supernet, aggregation="concat"))
+        folder = root / variant
+        seconds = timed(root / f"{variant}.wall.json",
+                        lambda: run_autopose(vcfg, folder, resume=(folder / "config.yaml").exists()))
+        rewards = [sum(u["rewards"]) / len(u["rewards"]) for u in read_jsonl(folder / "controller.jsonl")]
+        found[variant] = {"arch_file": folder / "best_arch.json", "search_min": seconds / 60,
+                          "score": read_json(folder / "results.json")["best"]["score"], "reward_curve": rewards}
+    return found
+
+
+SEARCHES = {"vipnas": vipnas_searches, "efficientpose": efficientpose_searches, "pnfs": pnfs_searches,
+            "autopose": autopose_searches}
 
 
 def mean_std(values: list[float]) -> dict:
@@ -183,7 +211,7 @@ def versus_random(rows: dict[str, dict], variant: str) -> dict | None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--methods", default=",".join(SEARCHES))
+    ap.add_argument("--methods", default="vipnas,efficientpose,pnfs", help=f"of {', '.join(SEARCHES)}")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--search-steps", type=int, default=1600)
     ap.add_argument("--retrain-steps", type=int, default=400, help="the proxy budget, whose noise the tier measured")
@@ -235,7 +263,8 @@ def main() -> None:
                 row = rows.setdefault(variant, {"seeds": {}})
                 row["seeds"][str(seed)] = {"AP": r["AP"], "gmacs": gmacs_of(f["arch_file"]),
                                            "search_min": round(f["search_min"], 2),
-                                           "arch": read_json(f["arch_file"])}
+                                           "arch": read_json(f["arch_file"]),
+                                           **({"reward_curve": f["reward_curve"]} if "reward_curve" in f else {})}
                 done = list(row["seeds"].values())
                 row.update(AP=[d["AP"] for d in done], gmacs=mean_std([d["gmacs"] for d in done]),
                            search_min=mean_std([d["search_min"] for d in done]), **mean_std([d["AP"] for d in done]))

@@ -383,7 +383,9 @@ def run_autopose(cfg: AutoPoseExperimentConfig, out: str | Path, resume: bool = 
               objective=AutoPoseObjective(cfg))
     if not is_main:
         return {}
-    heading(f"derivation: {cfg.search.derive_samples} branch vectors from the controller, scored on the held-out "
+    source = {"controller": "from the controller", "random": "drawn at random", "all": "(all on)"}
+    count = 1 if cfg.search.branch_policy == "all" else cfg.search.derive_samples
+    heading(f"derivation: {count} branch vector(s) {source[cfg.search.branch_policy]}, scored on the held-out "
             f"images; the argmax op of every edge")
     return finish_autopose(cfg, out, train_set)
 
