@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -96,11 +96,13 @@ class AutoPoseSupernetConfig:
                                f"{self.derived_width_mult}")
 
     def net(self, width_mult: int = 1) -> AutoPoseSpace:
-        return AutoPoseSpace.from_json({
-            "channels": list(self.channels), "width_mult": width_mult, "stem_channels": self.stem_channels,
-            "stages": self.stages, "modules_per_stage": self.modules_per_stage,
-            "individual_nodes": self.individual_nodes, "aggregation_nodes": self.aggregation_nodes,
-            "aggregation": self.aggregation, "ops": list(self.ops)}, "config.supernet")
+        """The space these fields name (every :class:`AutoPoseSpace` field but its width_mult), validated."""
+        shape = {f.name: getattr(self, f.name) for f in fields(AutoPoseSpace) if f.name != "width_mult"}
+        return AutoPoseSpace.from_json({**shape, "width_mult": width_mult}, "config.supernet")
+
+    def controller(self, hidden: int) -> BranchController:
+        """An untrained controller of one branch vector per module."""
+        return BranchController(self.stages * self.modules_per_stage, len(self.channels), hidden)
 
     def tau(self, step: int, total: int) -> float:
         """The temperature at ``step`` of ``total``: tau_start (tau_end / tau_start) ** (step / (total - 1))."""
@@ -216,8 +218,7 @@ class AutoPoseObjective(FirstOrderObjective):
 
     def build(self, num_joints: int) -> nn.Module:
         sc = self.cfg.supernet
-        self.controller = BranchController(sc.stages * sc.modules_per_stage, len(sc.channels),
-                                           self.cfg.search.controller_hidden)
+        self.controller = sc.controller(self.cfg.search.controller_hidden)
         self.agent = Reinforce(self.controller, self.cfg.search.controller_lr, self.cfg.search.entropy_weight,
                                self.cfg.search.baseline_decay)
         return AutoPoseSupernet(sc.net(), num_joints, tau=sc.tau_start)
@@ -266,11 +267,12 @@ class AutoPoseObjective(FirstOrderObjective):
     def step(self, model: nn.Module, images: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
              step: int, world: World) -> torch.Tensor:
         model.tau = self.cfg.supernet.tau(step, self.total)
-        if self.controller_due(step):
+        due = self.controller_due(step)
+        if due:
             self.controller_update(model, step)
         model.set_branches(draw_branches(self.cfg.search.branch_policy, self.controller,
                                          branch_generator(self.cfg.search.seed, "step", step)))
-        if self.controller_due(step):  # under torchrun: alpha, the controller and this step's beta alike on every rank
+        if due:  # under torchrun: alpha, the controller and this step's beta alike on every rank
             check_identical([*model.arch_parameters(), *self.controller.parameters(),
                              torch.tensor(model.branches, dtype=torch.float64)], world,
                             f"step {step}: alpha, controller and branch vectors")
@@ -398,7 +400,7 @@ def finish_autopose(cfg: AutoPoseExperimentConfig, out: Path, train_set: PoseDat
     supernet: AutoPoseSupernet = supernet_from_checkpoint(ckpt, last)
     supernet.tau = sc.tau_end
     objective_state = ckpt["train_state"]["objective"]
-    controller = BranchController(sc.stages * sc.modules_per_stage, len(sc.channels), s.controller_hidden)
+    controller = sc.controller(s.controller_hidden)
     controller.load_state_dict(objective_state["controller"]["controller"])
     history = objective_state.get("history", [])
     write_text(out / "controller.jsonl", "".join(json.dumps(h) + "\n" for h in history))

@@ -14,6 +14,7 @@ every torchrun rank) repeats them exactly.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -25,11 +26,13 @@ Branches = tuple[tuple[int, ...], ...]
 
 @dataclass
 class Draw:
-    """One sampled architecture: its bits, and (with grad) the log-probability and entropy."""
+    """One sampled architecture: its bits, (with grad) the log-probability and entropy, and
+    per module the probability of each bit on the path taken."""
 
     branches: Branches
     log_prob: torch.Tensor
     entropy: torch.Tensor
+    probs: list[list[float]]
 
 
 class BranchController(nn.Module):
@@ -47,7 +50,7 @@ class BranchController(nn.Module):
         """A branch vector per module (``greedy``: the most likely bits)."""
         h = c = torch.zeros(1, self.cell.hidden_size)
         x = self.start
-        rows, log_prob, entropy = [], torch.zeros(()), torch.zeros(())
+        rows, probs, log_prob, entropy = [], [], torch.zeros(()), torch.zeros(())
         for _ in range(self.modules_):
             h, c = self.cell(x, (h, c))
             p = torch.sigmoid(self.logits(h)[0])
@@ -59,20 +62,14 @@ class BranchController(nn.Module):
             log_prob = log_prob + dist.log_prob(bits).sum()
             entropy = entropy + dist.entropy().sum()
             rows.append(tuple(int(b) for b in bits.tolist()))
+            probs.append([float(v) for v in p.detach()])
             x = self.embed(bits[None])
-        return Draw(tuple(rows), log_prob, entropy)
+        return Draw(tuple(rows), log_prob, entropy, probs)
 
     def probabilities(self) -> list[list[float]]:
         """Per module, the probability of each bit along the greedy path (for plots and logs)."""
         with torch.no_grad():
-            h = c = torch.zeros(1, self.cell.hidden_size)
-            x, out = self.start, []
-            for _ in range(self.modules_):
-                h, c = self.cell(x, (h, c))
-                p = torch.sigmoid(self.logits(h)[0])
-                out.append([float(v) for v in p])
-                x = self.embed((p > 0.5).float()[None])
-        return out
+            return self.sample(greedy=True).probs
 
 
 class Reinforce:
@@ -114,8 +111,6 @@ class Reinforce:
 
 def branch_generator(seed: int, *where: Any) -> torch.Generator:
     """A generator for draws at a place in the search (e.g. ("step", 12)): resumable, rank-independent."""
-    import random
-
     return torch.Generator().manual_seed(random.Random(":".join(map(str, ("autopose", seed, *where)))).getrandbits(62))
 
 
