@@ -26,7 +26,7 @@ from posenas.codecs.heatmap import HeatmapCodec
 from posenas.data.layout import load_dataset
 from posenas.data.topdown import TopDownDataset
 from posenas.data.transforms import AugmentConfig
-from posenas.engine.train import heatmap_loss
+from posenas.engine.task import heatmap_loss
 
 INPUT = (128, 96)
 BATCH = 32

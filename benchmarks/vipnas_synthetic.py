@@ -39,7 +39,7 @@ from posenas.arch import build_model, load_arch_file, named_arch
 from posenas.checkpoint import load_checkpoint
 from posenas.config import load_config
 from posenas.cost import count_macs, count_params
-from posenas.engine.train import heatmap_loss
+from posenas.engine.task import heatmap_loss
 from posenas.jsonio import read_json, write_json
 from posenas.search.vipnas_config import SearchExperimentConfig
 from posenas.search.vipnas import search_supernet, train_supernet

@@ -23,6 +23,7 @@ from torch import nn
 
 from posenas.errors import PosenasError
 from posenas.jsonio import read_json, write_json
+from posenas.models.hrnet import HRNetArch, build_hrnet
 from posenas.models.simplebaseline import SimpleBaselineArch, build_simplebaseline
 from posenas.spaces.autopose import AutoPoseArch, build_autopose
 from posenas.spaces.efficientpose import EfficientPoseArch, build_efficientpose
@@ -54,10 +55,13 @@ ARCH_SPACES: dict[str, ArchSpace] = {
     "efficientpose": ArchSpace(EfficientPoseArch, build_efficientpose),
     "pnfs": ArchSpace(PNFSArch, build_pnfs),
     "autopose": ArchSpace(AutoPoseArch, build_autopose),
+    "hrnet": ArchSpace(HRNetArch, build_hrnet),
 }
 
 #: Named architectures, as arch JSON.
 #: ``simplebaseline-small`` is the CPU model for minutes-long runs at ~128x96 input.
+#: ``hrnet-w32`` (top-down, heatmaps at 1/4) and ``higherhrnet-w32`` (bottom-up: a tuple of
+#: heatmaps + tags at 1/4 and heatmaps at 1/2) are the published COCO models.
 NAMED_MODELS: dict[str, dict] = {
     "simplebaseline-resnet18": {"space": "simplebaseline", "backbone": "resnet18", "width_mult": 1.0,
                                 "head": {"widths": [256, 256, 256], "kernels": [4, 4, 4]}},
@@ -67,6 +71,11 @@ NAMED_MODELS: dict[str, dict] = {
                                    "head": {"widths": [256, 256, 256], "kernels": [4, 4, 4]}},
     "simplebaseline-small": {"space": "simplebaseline", "backbone": "resnet18", "width_mult": 0.375,
                              "head": {"widths": [64, 64, 64], "kernels": [4, 4, 4]}},
+    # simplebaseline-small with a tag per joint: the CPU bottom-up (associative-embedding) model
+    "simplebaseline-small-ae": {"space": "simplebaseline", "backbone": "resnet18", "width_mult": 0.375,
+                                "head": {"widths": [64, 64, 64], "kernels": [4, 4, 4]}, "tags": True},
+    "hrnet-w32": {"space": "hrnet", "width": 32, "head": "heatmap"},
+    "higherhrnet-w32": {"space": "hrnet", "width": 32, "head": "higher"},
 }
 
 

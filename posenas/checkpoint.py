@@ -23,8 +23,7 @@ import torch
 from torch import nn
 
 from posenas.arch import arch_from_json, build_model
-from posenas.codecs.heatmap import HeatmapCodec
-from posenas.cost import check_output_stride
+from posenas.codecs import AssociativeEmbeddingCodec, HeatmapCodec, codec_from_dict
 from posenas.errors import PosenasError
 from posenas.jsonio import write_bytes
 from posenas.keypoints import KeypointSchema, get_schema
@@ -77,14 +76,16 @@ class LoadedModel:
     model: nn.Module
     arch: Any
     schema: KeypointSchema
-    codec: HeatmapCodec
+    codec: HeatmapCodec | AssociativeEmbeddingCodec  # top-down or bottom-up (engine/task.py)
     checkpoint: dict[str, Any]
 
 
-def check_heatmap_size(model: nn.Module, codec: HeatmapCodec, where: str = "config.data.input_size") -> None:
-    """The model must map the codec's input size to its heatmap size (SimpleBaselines: sizes divisible by 32)."""
-    stride = codec.input_size[0] // codec.heatmap_size[0]
-    check_output_stride(model, codec.input_size, stride, where)
+def check_heatmap_size(model: nn.Module, codec: HeatmapCodec | AssociativeEmbeddingCodec,
+                       where: str = "config.data.input_size") -> None:
+    """The model must map the codec's input size to its heatmap size(s) (SimpleBaselines: sizes divisible by 32)."""
+    from posenas.engine.task import task_of_codec
+
+    task_of_codec(codec).check_model(model, codec, where)
 
 
 def load_weights(model: nn.Module, state_dict: Any, path: str | Path) -> None:
@@ -104,7 +105,7 @@ def model_from_checkpoint(path: str | Path) -> LoadedModel:
         raise PosenasError(f"{path}: field 'schema': expected a schema name, got {ckpt['schema']!r}")
     try:
         schema = get_schema(ckpt["schema"])
-        codec = HeatmapCodec.from_dict(ckpt["codec"])
+        codec = codec_from_dict(ckpt["codec"])
     except PosenasError as e:
         raise PosenasError(f"{path}: {e}") from None
     model = build_model(arch, schema.num_joints)

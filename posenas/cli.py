@@ -82,6 +82,23 @@ def cmd_data_show(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- eval
 def cmd_eval(args: argparse.Namespace) -> int:
+    if args.oracle:
+        from posenas.data.layout import load_dataset
+        from posenas.engine.oracle import evaluate_oracle
+
+        if args.checkpoint or args.pred or args.gt:
+            raise PosenasError("eval --oracle: measures a codec on --data DIR alone; drop --checkpoint/--gt/--pred")
+        if not args.data:
+            raise PosenasError("eval --oracle: --data DIR is required")
+        default = (256, 192) if args.oracle == "topdown" else (512, 512)
+        size = tuple(args.input) if args.input else default
+        if any(v % 4 or v < 32 for v in size):
+            raise PosenasError(f"--input: expected HEIGHTxWIDTH, each a multiple of 4 and >= 32, got {size[0]}x{size[1]}")
+        dataset = load_dataset(args.data, args.split or "val", headboxes=args.headboxes)
+        metric, result, table = evaluate_oracle(dataset, args.oracle, size, progress=not args.json)
+        result = {**result, "oracle": args.oracle, "input_size": list(size)}
+        print(json.dumps(result) if args.json else f"{args.oracle} codec at {size[0]}x{size[1]}:\n{table}")
+        return 0
     if args.checkpoint:
         from posenas.engine.evaluate import evaluate_checkpoint
 
@@ -424,6 +441,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--metric", choices=["coco", "pckh"], help="default: pckh for MPII data, coco otherwise")
     e.add_argument("--split", help="split of a dataset root (default val)")
     e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.add_argument("--oracle", choices=["topdown", "bottomup"],
+                   help="no model: encode --data's ground truth into a codec's training targets, decode them and "
+                        "score the result (the AP ceiling of that codec and input size)")
+    e.add_argument("--input", type=_dims("HEIGHTxWIDTH such as 256x192"),
+                   help="model input size for --oracle (default 256x192 top-down, 512x512 bottom-up)")
     e.set_defaults(func=cmd_eval)
 
     q = sub.add_parser("profile", help="parameters, MACs and measured latency of a model")

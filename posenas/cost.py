@@ -32,6 +32,7 @@ def check_output_stride(model: nn.Module, input_size: tuple[int, int], stride: i
     with torch.no_grad():
         out = model(torch.zeros(1, 3, h, w, device=device))
     model.train(was)
+    out = out[0] if isinstance(out, (tuple, list)) else out  # multi-resolution models: the first output
     if h % stride or w % stride or tuple(out.shape[-2:]) != (h // stride, w // stride):
         raise PosenasError(
             f"{where}: {h}x{w} gives {out.shape[-2]}x{out.shape[-1]} heatmaps, expected "

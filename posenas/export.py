@@ -48,7 +48,8 @@ def real_input(input_size: tuple[int, int], seed: int = 0) -> torch.Tensor:
 
 def onnx_bytes(model: torch.nn.Module, input_size: tuple[int, int], *, opset: int = 18, dynamic_batch: bool = False,
                metadata: dict[str, str] | None = None, where: str = "model", rewrite: bool = True) -> bytes:
-    """The serialised ONNX graph of a plain model (input ``image``, output ``heatmaps``).
+    """The serialised ONNX graph of a plain model (input ``image``, output ``heatmaps``; a model with
+    several outputs, one per resolution, names the later ones ``heatmaps_1``, ...).
 
     ``rewrite`` (default): export :func:`posenas.export_rewrite.rewrite_for_export`'s copy, the
     same function as a graph ONNX Runtime runs faster; ``model`` itself is left as it is."""
@@ -60,12 +61,16 @@ def onnx_bytes(model: torch.nn.Module, input_size: tuple[int, int], *, opset: in
             raise PosenasError(f"{where}: export rewrite failed ({str(e).splitlines()[0][:200]}); "
                                "export without it (--no-rewrite)") from None
     example = torch.zeros(1, 3, *input_size)
+    with torch.no_grad():
+        first = model(example)
+    count = len(first) if isinstance(first, (tuple, list)) else 1  # HigherHRNet: one output per resolution
+    names = ["heatmaps"] + [f"heatmaps_{i}" for i in range(1, count)]
     dynamic = ({0: torch.export.Dim("batch", min=1, max=1024)},) if dynamic_batch else None
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            program = torch.onnx.export(model, (example,), input_names=["image"], output_names=["heatmaps"],
+            program = torch.onnx.export(model, (example,), input_names=["image"], output_names=names,
                                         dynamo=True, opset_version=opset, dynamic_shapes=dynamic, verbose=False)
         except Exception as e:  # the exporter raises many kinds
             raise PosenasError(f"{where}: ONNX export failed: {str(e).splitlines()[0][:200]}") from None
@@ -100,10 +105,11 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, opset: int = 18, dyn
     report, limits = {}, {}
     with torch.no_grad():
         for name, x in inputs.items():
-            ours = model(x).numpy()
-            theirs = session.run(None, {"image": x.numpy()})[0]
-            report[name] = float(np.abs(ours - theirs).max())
-            limits[name] = PARITY_TOLERANCE * float(np.abs(ours).max())
+            result = model(x)
+            ours = [o.numpy() for o in (result if isinstance(result, (tuple, list)) else (result,))]
+            theirs = session.run(None, {"image": x.numpy()})
+            report[name] = max(float(np.abs(a - b).max()) for a, b in zip(ours, theirs))
+            limits[name] = PARITY_TOLERANCE * max(float(np.abs(a).max()) for a in ours)
     worst = max(report, key=lambda k: report[k] - limits[k])
     if report[worst] > limits[worst]:
         raise PosenasError(

@@ -14,7 +14,8 @@ from posenas.data.boxes import load_detections
 from posenas.data.images import encode_jpeg, read_image
 from posenas.data.records import ImageRecord, PoseDataset
 from posenas.engine.distributed import resolve_device
-from posenas.engine.predict import by_image, predict_dataset
+from posenas.engine.predict import by_image
+from posenas.engine.task import task_of_codec
 from posenas.errors import PosenasError
 from posenas.jsonio import write_bytes, write_json
 from posenas.visualize import draw_predictions
@@ -67,7 +68,8 @@ def run_inference(
     progress: bool = True,
     joint_scores: bool = False,
 ) -> list[dict]:
-    """Predict every person box (the whole image when no boxes are given); returns the JSON records."""
+    """Predict every person box (a top-down model without boxes: the whole image is one box; a
+    bottom-up model finds every person in each image and takes no boxes); returns the JSON records."""
     paths = image_inputs(inputs)  # the inputs first: a wrong path fails before the model loads
     loaded = load_model(checkpoint, runtime)
     # Decode every input before writing anything (a bad image fails with no output); keep
@@ -76,13 +78,16 @@ def run_inference(
     records = [ImageRecord(id=i, file_name=str(p.resolve()), width=w, height=h)
                for i, (p, (h, w)) in enumerate(zip(paths, sizes))]
     dataset = PoseDataset("coco", loaded.schema, Path("/"), records, Path(str(inputs[0])))
+    task = task_of_codec(loaded.codec)
     if boxes is not None:
         detections = load_detections(boxes, names=_input_names(paths))
-    else:
+    elif task.name == "topdown":  # one person per image, the whole image its box
         detections = [(r.id, np.array([0, 0, r.width, r.height], np.float32), 1.0) for r in records]
+    else:  # bottom-up: every person of the whole image, no boxes
+        detections = None
     dev = resolve_device(device) if runtime == "torch" else torch.device("cpu")
-    preds = predict_dataset(loaded.model.to(dev), dataset, loaded.codec, dev, boxes=detections,
-                            flip_test=flip_test, progress=progress)
+    preds = task.predict(loaded.model.to(dev), dataset, loaded.codec, dev, boxes=detections,
+                         flip_test=flip_test, progress=progress)
     out = Path(out)
     grouped = by_image(preds)
     results = []

@@ -15,7 +15,7 @@ import torch
 
 from posenas.arch import arch_from_json
 from posenas.checkpoint import LoadedModel, model_from_checkpoint
-from posenas.codecs.heatmap import HeatmapCodec
+from posenas.codecs import codec_from_dict
 from posenas.errors import PosenasError
 from posenas.keypoints import get_schema
 
@@ -56,13 +56,16 @@ class OnnxPoseModel:
     def from_bytes(cls, data: bytes, threads: int | None = None) -> "OnnxPoseModel":
         return cls("<in-memory ONNX graph>", threads, data=data)
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """The heatmaps (a tuple, one per resolution, for a model with several outputs)."""
         x = images.detach().cpu().numpy().astype(np.float32, copy=False)
         if self.dynamic_batch:
-            out = self.session.run(None, {"image": x})[0]
+            outs = self.session.run(None, {"image": x})
         else:  # exported for batch 1
-            out = np.concatenate([self.session.run(None, {"image": x[i : i + 1]})[0] for i in range(len(x))])
-        return torch.from_numpy(out)
+            runs = [self.session.run(None, {"image": x[i : i + 1]}) for i in range(len(x))]
+            outs = [np.concatenate([r[j] for r in runs]) for j in range(len(runs[0]))]
+        tensors = tuple(torch.from_numpy(o) for o in outs)
+        return tensors[0] if len(tensors) == 1 else tensors
 
     def eval(self) -> "OnnxPoseModel":
         return self
@@ -91,7 +94,7 @@ def load_model(path: str | Path, runtime: str = "torch", threads: int | None = N
     try:
         arch = arch_from_json(json.loads(meta["arch"]), f"{path}: metadata arch")
         schema = get_schema(meta["schema"])
-        codec = HeatmapCodec.from_dict(json.loads(meta["codec"]))
+        codec = codec_from_dict(json.loads(meta["codec"]))
     except (KeyError, json.JSONDecodeError) as e:
         raise PosenasError(f"{path}: incomplete posenas metadata: {e}") from None
     return LoadedModel(model, arch, schema, codec, {})

@@ -15,6 +15,7 @@ import torch
 from posenas.checkpoint import load_checkpoint, model_from_checkpoint
 from posenas.cli import main
 from posenas.config import from_dict, load_config, to_dict
+from posenas.engine import task as task_module
 from posenas.engine import train as train_module
 from posenas.engine.config import ExperimentConfig
 from posenas.engine.train import Interrupted, train
@@ -94,7 +95,7 @@ def test_resumed_run_ends_with_identical_weights(tmp_path, data_root):
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_root, monkeypatch):
-    real = train_module.heatmap_loss
+    real = task_module.heatmap_loss
     calls = {"n": 0}
 
     def poisoned(pred, target, weight):
@@ -102,7 +103,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_root, monk
         loss = real(pred, target, weight)
         return loss * float("nan") if calls["n"] == 4 else loss
 
-    monkeypatch.setattr(train_module, "heatmap_loss", poisoned)
+    monkeypatch.setattr(task_module, "heatmap_loss", poisoned)
     with pytest.raises(PosenasError, match=r"training diverged: loss is nan at step 4 .* last good checkpoint is .*last\.pt"):
         train(tiny_config(data_root, checkpoint_every=2), tmp_path / "run", progress=False)
     ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
@@ -216,7 +217,7 @@ def test_interrupted_final_validation_is_redone_on_resume(tmp_path, data_root, m
 def test_ctrl_c_stops_at_a_step_boundary_and_resumes_exactly(tmp_path, data_root, monkeypatch):
     cfg = tiny_config(data_root)
     train(cfg, tmp_path / "full", progress=False)
-    real = train_module.heatmap_loss
+    real = task_module.heatmap_loss
     calls = {"n": 0}
 
     def interrupted(pred, target, weight):
@@ -225,10 +226,10 @@ def test_ctrl_c_stops_at_a_step_boundary_and_resumes_exactly(tmp_path, data_root
             os.kill(os.getpid(), signal.SIGINT)  # arrives mid-step; the step completes
         return real(pred, target, weight)
 
-    monkeypatch.setattr(train_module, "heatmap_loss", interrupted)
+    monkeypatch.setattr(task_module, "heatmap_loss", interrupted)
     with pytest.raises(Interrupted, match="stopped at step 3"):
         train(cfg, tmp_path / "run", progress=False)
-    monkeypatch.setattr(train_module, "heatmap_loss", real)
+    monkeypatch.setattr(task_module, "heatmap_loss", real)
     train(cfg, tmp_path / "run", resume=True, progress=False)
     full, run = _weights(tmp_path / "full"), _weights(tmp_path / "run")
     assert all(torch.equal(full[k], run[k]) for k in full)

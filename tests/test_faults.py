@@ -24,7 +24,7 @@ import torch
 from posenas.checkpoint import load_checkpoint, save_checkpoint
 from posenas.cli import main
 from posenas.config import load_config, to_dict, write_yaml
-from posenas.engine import train as train_module
+from posenas.engine import task as task_module
 from posenas.engine.config import ExperimentConfig
 from posenas.engine.train import Interrupted, interruptible, train
 from posenas.errors import PosenasError
@@ -157,17 +157,17 @@ def test_jsonl_log_rewrites_a_torn_or_unterminated_last_line(tmp_path):
 
 def test_resume_cleans_stale_temp_files_and_seconds_go_on(tmp_path, data_root, monkeypatch):
     cfg = quick(data_root, log_every=1)
-    real = train_module.heatmap_loss
+    real = task_module.heatmap_loss
 
     def slow(pred, target, weight):
         time.sleep(0.2)
         return real(pred, target, weight)
 
-    monkeypatch.setattr(train_module, "heatmap_loss", slow)
+    monkeypatch.setattr(task_module, "heatmap_loss", slow)
     run = tmp_path / "run"
     with pytest.raises(Interrupted):
         train(cfg, run, progress=False, stop_at_step=2)
-    monkeypatch.setattr(train_module, "heatmap_loss", real)
+    monkeypatch.setattr(task_module, "heatmap_loss", real)
     stale = [run / "checkpoints" / ".last.pt.x8k2_q1z.tmp", run / ".results.json.abcd1234.tmp"]
     for p in stale:
         p.write_bytes(b"left by kill -9")
@@ -183,7 +183,7 @@ def test_resume_cleans_stale_temp_files_and_seconds_go_on(tmp_path, data_root, m
 
 # ------------------------------------------------------------------ divergence and config values
 def test_loss_explosion_without_nan_stops_the_run(tmp_path, data_root, monkeypatch):
-    real = train_module.heatmap_loss
+    real = task_module.heatmap_loss
     calls = {"n": 0}
 
     def exploding(pred, target, weight):
@@ -191,7 +191,7 @@ def test_loss_explosion_without_nan_stops_the_run(tmp_path, data_root, monkeypat
         loss = real(pred, target, weight)
         return loss * 1e6 if calls["n"] >= 5 else loss  # finite, but a million times the level
 
-    monkeypatch.setattr(train_module, "heatmap_loss", exploding)
+    monkeypatch.setattr(task_module, "heatmap_loss", exploding)
     with pytest.raises(PosenasError, match=r"training diverged: loss is \S+ \(more than 1000x its running level "
                                            r"\S+, train\.divergence_factor\) at step 5 .*last good checkpoint is "
                                            r".*last\.pt"):
@@ -211,7 +211,7 @@ def test_adam_at_a_huge_lr_is_stopped_at_once(tmp_path, data_root):
 
 
 def test_non_finite_gradient_stops_before_the_step(tmp_path, data_root, monkeypatch):
-    real = train_module.heatmap_loss
+    real = task_module.heatmap_loss
     calls = {"n": 0}
 
     def bad_gradient(pred, target, weight):
@@ -221,7 +221,7 @@ def test_non_finite_gradient_stops_before_the_step(tmp_path, data_root, monkeypa
             loss = loss + 0.0 * torch.sqrt((pred - pred.detach()).sum())
         return loss
 
-    monkeypatch.setattr(train_module, "heatmap_loss", bad_gradient)
+    monkeypatch.setattr(task_module, "heatmap_loss", bad_gradient)
     with pytest.raises(PosenasError, match=r"training diverged: gradient norm is nan \(loss \S+\) at step 3"):
         train(quick(data_root, checkpoint_every=2), tmp_path / "run", progress=False)
     ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
@@ -408,7 +408,7 @@ def test_every_search_entry_is_interruptible():
 
 
 def test_interrupt_hints_name_the_one_command(tmp_path, data_root, monkeypatch, capsys):
-    real = train_module.heatmap_loss
+    real = task_module.heatmap_loss
     sent = []
 
     def ctrl_c(pred, target, weight):
@@ -418,7 +418,7 @@ def test_interrupt_hints_name_the_one_command(tmp_path, data_root, monkeypatch, 
 
     cfg_file = tmp_path / "t.yaml"
     write_yaml(cfg_file, to_dict(quick(data_root)))
-    monkeypatch.setattr(train_module, "heatmap_loss", ctrl_c)
+    monkeypatch.setattr(task_module, "heatmap_loss", ctrl_c)
     run = tmp_path / "run"
     assert main(["train", "--config", str(cfg_file), "--out", str(run), "--quiet"]) == 130
     assert capsys.readouterr().err == (f"posenas: interrupted (stopped at step 1; checkpoint written in {run}); "

@@ -24,11 +24,13 @@ from posenas.cli import main
 from posenas.codecs.heatmap import HeatmapCodec
 from posenas.config import from_dict
 from posenas.data.layout import load_dataset
+from posenas.engine import predict as predict_module
 from posenas.engine import train as train_module
 from posenas.engine.config import ExperimentConfig, OptimConfig
 from posenas.engine.distributed import World
 from posenas.engine.predict import heatmaps_with_flip
-from posenas.engine.train import Interrupted, Objective, heatmap_loss, lr_lambda, model_loss, train
+from posenas.engine.task import heatmap_loss, model_loss
+from posenas.engine.train import Interrupted, Objective, lr_lambda, train
 from posenas.errors import PosenasError
 from posenas.keypoints import COCO17
 from posenas.search import candidates, strategies
@@ -123,7 +125,7 @@ def test_sandwich_step_distils_the_other_subnets_from_the_largest():
     objective, model = sandwich()
     images, target, weight = batch()
     reference, plain = copy.deepcopy(model), copy.deepcopy(model)
-    total = objective.step(model, images, target, weight, 3, CPU)
+    total = objective.step(model, {"image": images, "target": target, "target_weight": weight}, 3, CPU)
     expected, part = sandwich_by_hand(reference, objective, images, target, weight, 3, distill=True)
     without, _ = sandwich_by_hand(plain, objective, images, target, weight, 3, distill=False)
     assert float(part) > 0.05 * float(expected)  # the distillation terms are a real share of the loss
@@ -140,7 +142,7 @@ def test_sandwich_without_distillation_learns_the_ground_truth_only():
     objective, model = sandwich(distill=False)
     images, target, weight = batch()
     reference = copy.deepcopy(model)
-    total = objective.step(model, images, target, weight, 3, CPU)
+    total = objective.step(model, {"image": images, "target": target, "target_weight": weight}, 3, CPU)
     expected, _ = sandwich_by_hand(reference, objective, images, target, weight, 3, distill=False)
     assert float(total) == pytest.approx(float(expected), rel=1e-5)
     assert_same_grads(grads(model), grads(reference))
@@ -353,14 +355,14 @@ def test_plain_training_step_ignores_unweighted_joints():
     torch.manual_seed(0)
     model = objective.build(17).train()
     images = batch()[0]
-    assert_blind_to_unweighted(lambda t, w: objective.step(model, images, t, w, 0, CPU))
+    assert_blind_to_unweighted(lambda t, w: objective.step(model, {"image": images, "target": t, "target_weight": w}, 0, CPU))
     assert_blind_to_unweighted(lambda t, w: model_loss(model, model(images), t, w))
 
 
 def test_sandwich_step_ignores_unweighted_joints():
     objective, model = sandwich()
     images = batch()[0]
-    assert_blind_to_unweighted(lambda t, w: objective.step(model, images, t, w, 0, CPU))
+    assert_blind_to_unweighted(lambda t, w: objective.step(model, {"image": images, "target": t, "target_weight": w}, 0, CPU))
 
 
 # ---------------------------------------------------------------- first-order DARTS: a toy model with alpha
@@ -426,7 +428,7 @@ def test_darts_arch_step_moves_alpha_only_with_its_penalty_and_no_drop_path():
     alpha_before = model.alpha.detach().clone()
     images, target, weight = batch(4, seed=6)
     torch.manual_seed(1)
-    objective.step(model, images, target, weight, 0, CPU)
+    objective.step(model, {"image": images, "target": target, "target_weight": weight}, 0, CPU)
     assert objective.last_arch_loss == pytest.approx(expected, rel=1e-5)  # the penalty counts, drop-path is off
     assert model.drop_prob == 0.9  # and back on for the weight steps
     assert float((model.alpha.detach() - alpha_before).abs().max()) > 1e-3
@@ -447,11 +449,11 @@ def test_darts_weight_steps_leave_alpha_alone_and_wait_for_warmup():
     for step in range(2):  # warm-up: weight steps only
         alpha, conv = model.alpha.detach().clone(), model.convs[0].weight.detach().clone()
         optimizer.zero_grad(set_to_none=True)
-        objective.step(model, images, target, weight, step, CPU)
+        objective.step(model, {"image": images, "target": target, "target_weight": weight}, step, CPU)
         optimizer.step()
         assert torch.equal(model.alpha.detach(), alpha)
         assert not torch.equal(model.convs[0].weight.detach(), conv)
-    objective.step(model, images, target, weight, 2, CPU)
+    objective.step(model, {"image": images, "target": target, "target_weight": weight}, 2, CPU)
     assert not torch.equal(model.alpha.detach(), alpha)  # the first architecture step
 
 
@@ -470,7 +472,7 @@ def test_darts_losses_ignore_unweighted_joints():
     model.drop_prob = 0.0
     assert_blind_to_unweighted(arch_loss, 4)
     objective.arch_start = 10**9
-    assert_blind_to_unweighted(lambda t, w: objective.step(model, images, t, w, 0, CPU), 4)
+    assert_blind_to_unweighted(lambda t, w: objective.step(model, {"image": images, "target": t, "target_weight": w}, 0, CPU), 4)
 
 
 def test_darts_weight_and_arch_splits_are_disjoint(tmp_path):
@@ -611,7 +613,7 @@ def test_best_checkpoint_survives_resume_and_lr_follows_the_schedule(tmp_path, m
     make_dataset("coco", root, images=2, people=2)  # 4 instances: 2 steps an epoch
     scores = iter([0.2, 0.6, 0.4])  # after epoch 0, after epoch 1, final
 
-    def validate(model, cfg, val, codec, world, progress, precision=None):
+    def validate(model, cfg, val, codec, world, progress, precision=None, task=None):
         return "coco", {"AP": next(scores)}, "table", []
 
     monkeypatch.setattr(train_module, "validate", validate)
@@ -652,7 +654,7 @@ def test_darts_run_with_drop_path_resumes_exactly(tmp_path):
 
 def test_validation_uses_the_configured_flip_test(tmp_path, monkeypatch):
     seen = []
-    monkeypatch.setattr(train_module, "evaluate_model", lambda *a, **kw: seen.append(kw["flip_test"]))
+    monkeypatch.setattr(predict_module, "evaluate_model", lambda *a, **kw: seen.append(kw["flip_test"]))
     for flip in (True, False):
         cfg = engine_config(tmp_path, flip_test=flip)
         train_module.validate(nn.Identity(), cfg, None, CODEC32, CPU, progress=False)

@@ -118,7 +118,7 @@ def test_table_vi_model_size():
 
 
 def test_training_loss_supervises_each_part_on_its_own_joints():
-    from posenas.engine.train import heatmap_loss, model_loss
+    from posenas.engine.task import heatmap_loss, model_loss
 
     torch.manual_seed(0)
     arch = pnfs_arch(COCO17, 5, backbone="mobilenetv2", layers=1, hidden=1, channels=2, vector_dim=2)

@@ -13,6 +13,7 @@ from posenas.arch import arch_from_json, build_model
 from posenas.checkpoint import load_checkpoint
 from posenas.config import from_dict
 from posenas.engine import precision as precision_module
+from posenas.engine import predict as predict_module
 from posenas.engine import train as train_module
 from posenas.engine.config import ExperimentConfig
 from posenas.engine.precision import FP32, Precision, resolve_precision
@@ -165,13 +166,13 @@ def test_resume_keeps_the_precision_the_run_started_with(tmp_path, data_root, mo
 
 def test_validation_runs_in_fp32_in_the_run_memory_format(tmp_path, data_root, monkeypatch):
     seen = []
-    real = train_module.evaluate_model
+    real = predict_module.evaluate_model
 
     def spy(*args, **kwargs):
         seen.append(kwargs.get("precision"))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "evaluate_model", spy)
+    monkeypatch.setattr(predict_module, "evaluate_model", spy)
     cfg = tiny_config(data_root, epochs=1, val_every=1, precision="bf16", channels_last=True)
     train(cfg, tmp_path / "run", progress=False)
     assert seen == [Precision("fp32", True)]

@@ -164,7 +164,7 @@ def _sandwich_rank(rank: int, port: int, out: str) -> None:
     try:
         model, objective, batches = _sandwich_setup()
         images, target, weight = batches[rank]
-        objective.step(model, images, target, weight, 3, World(rank, 2, torch.device("cpu")))
+        objective.step(model, {"image": images, "target": target, "target_weight": weight}, 3, World(rank, 2, torch.device("cpu")))
         torch.save({n: p.grad for n, p in model.named_parameters()}, f"{out}/grads{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -198,7 +198,7 @@ def test_sandwich_gradients_are_averaged_over_ranks(tmp_path):
     alone = []
     for images, target, weight in _sandwich_setup()[2]:
         model, objective, _ = _sandwich_setup()
-        objective.step(model, images, target, weight, 3, World(0, 1, torch.device("cpu")))
+        objective.step(model, {"image": images, "target": target, "target_weight": weight}, 3, World(0, 1, torch.device("cpu")))
         alone.append({n: p.grad for n, p in model.named_parameters()})
     used = [n for n, grad in alone[0].items() if grad is not None]
     assert len(used) > 10

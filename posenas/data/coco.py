@@ -3,8 +3,7 @@
 PoseTrack18 files share this structure (images + annotations + categories) with a few
 extra fields, so :mod:`posenas.data.posetrack` reuses the parsing here.
 
-Real files carry more than we use; unknown fields are ignored (``segmentation`` polygons
-or RLE, ``num_keypoints``, which we recount from the keypoints, PoseTrack's ``scores``,
+Real files carry more than we use; unknown fields are ignored (``num_keypoints``, which we recount from the keypoints, PoseTrack's ``scores``,
 ``ignore_regions_x/y``, ``mask_file`` ...). ``iscrowd`` may be 0/1 (COCO) or a boolean
 (PoseTrack18). People with no labelled joint (COCO's ``num_keypoints: 0``, crowds,
 PoseTrack's head-box-only people, which may lack ``bbox``) load; they are not training
@@ -101,7 +100,32 @@ def parse_annotation(rec: Any, where: Where, schema: KeypointSchema) -> tuple[in
     if rec.get("bbox_head") is not None:
         x, y, w, h = as_box(rec["bbox_head"], "bbox_head", where)
         person.head_box = np.array([x, y, x + w, y + h], dtype=np.float32)
+    if rec.get("segmentation") is not None:
+        person.segmentation = parse_segmentation(rec["segmentation"], where)
     return image_id, person
+
+
+def parse_segmentation(value: Any, where: Where) -> list | dict | None:
+    """COCO's ``segmentation``: polygons (lists of >= 3 x, y pairs) or an RLE with ``counts``
+    (a list or pycocotools' compressed string) and ``size`` [h, w]. An empty list is none."""
+    if isinstance(value, list):
+        polygons = []
+        for i, poly in enumerate(value):
+            if (not isinstance(poly, list) or len(poly) < 6 or len(poly) % 2
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in poly)):
+                raise where.error(f"segmentation[{i}]", "expected a polygon: a list of >= 3 x, y number pairs")
+            polygons.append([float(v) for v in poly])
+        return polygons or None
+    if isinstance(value, dict):
+        size, counts = value.get("size"), value.get("counts")
+        if (not isinstance(size, list) or len(size) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
+            raise where.error("segmentation.size", f"expected [height, width], got {size!r}")
+        if not (isinstance(counts, str) or (isinstance(counts, list) and all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in counts))):
+            raise where.error("segmentation.counts", "expected an RLE: a list of run lengths or a compressed string")
+        return {"size": list(size), "counts": counts}
+    raise where.error("segmentation", f"expected polygons or an RLE object, got {type(value).__name__}")
 
 
 def attach_people(
@@ -184,6 +208,8 @@ def annotation_dict(person: Person, image_id: int, decimals: int | None = 2) -> 
     if person.head_box is not None:
         x1, y1, x2, y2 = person.head_box
         ann["bbox_head"] = _floats(np.array([x1, y1, x2 - x1, y2 - y1]), decimals)
+    if person.segmentation is not None:
+        ann["segmentation"] = person.segmentation
     return ann
 
 

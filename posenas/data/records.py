@@ -45,7 +45,9 @@ class Person:
     ``id`` is the annotation id (COCO, PoseTrack) or the record id (MPII). ``bbox`` is
     ``x, y, w, h``; MPII records have none and carry ``center`` / ``scale`` (person height
     / 200, MPII's convention) instead. ``head_box`` is ``x1, y1, x2, y2`` (MPII's head
-    rectangle, used by PCKh; PoseTrack's ``bbox_head`` converted).
+    rectangle, used by PCKh; PoseTrack's ``bbox_head`` converted). ``segmentation`` is COCO's,
+    as in the file (polygons ``[[x, y, ...], ...]`` or an RLE ``{"counts", "size"}``): bottom-up
+    training masks crowds and unlabelled people by it (:mod:`posenas.data.bottomup`).
     """
 
     id: int
@@ -57,6 +59,7 @@ class Person:
     center: np.ndarray | None = None
     scale: float | None = None
     head_box: np.ndarray | None = None
+    segmentation: list | dict | None = None
 
     @property
     def num_labelled(self) -> int:

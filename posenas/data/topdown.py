@@ -1,14 +1,6 @@
 """Top-down torch dataset: one person crop, its heatmap targets and its geometry per item.
 
-Determinism: the augmentation of item ``index`` in epoch ``epoch`` is drawn from
-``np.random.default_rng([seed, epoch, index])`` and nothing else — no global NumPy / torch
-state, no worker state — so an item is a pure function of (seed, epoch, index) whatever
-the DataLoader's worker count, order or resumption point.
-
-The epoch lives in a one-element shared-memory tensor, so ``set_epoch`` reaches
-DataLoader workers too, persistent ones included (``persistent_workers=True``): call it
-*before* starting the epoch's iteration (``for batch in loader``), as with
-``DistributedSampler.set_epoch`` — workers only fetch once the iterator asks them.
+Each item is a pure function of (seed, epoch, index): see :mod:`posenas.data.seeded`.
 """
 
 from __future__ import annotations
@@ -17,13 +9,13 @@ import traceback
 from contextlib import contextmanager
 from typing import Iterator
 
-import cv2
 import numpy as np
 import torch
 
 from posenas.codecs.heatmap import HeatmapCodec
-from posenas.data.images import DataError, read_image
+from posenas.data.images import DataError
 from posenas.data.records import ImageRecord, PoseDataset
+from posenas.data.seeded import SeededDataset
 from posenas.data.transforms import AugmentConfig, TopDownTransform
 from posenas.errors import PosenasError
 
@@ -55,7 +47,7 @@ def worker_errors_released() -> Iterator[None]:
         raise
 
 
-class TopDownDataset(torch.utils.data.Dataset):
+class TopDownDataset(SeededDataset):
     """Person crops of a :class:`PoseDataset` for top-down training and evaluation.
 
     Instances are ``dataset.instances()`` (non-crowd people with at least one labelled
@@ -72,13 +64,9 @@ class TopDownDataset(torch.utils.data.Dataset):
         seed: int = 0,
         boxes: list[tuple[int, np.ndarray, float]] | None = None,
     ):
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise PosenasError(f"seed: expected a non-negative integer, got {seed!r}")
-        self.dataset = dataset
+        super().__init__(dataset, seed)
         self.codec = codec
         self.augment = augment
-        self.seed = int(seed)
-        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         self.transform = TopDownTransform(codec.input_size, dataset.schema, augment)
         k = dataset.schema.num_joints
         # (image, keypoints (K,3), box xywh, person id, box score)
@@ -102,26 +90,8 @@ class TopDownDataset(torch.utils.data.Dataset):
                     raise PosenasError(f"boxes[{i}]: expected a finite box [x, y, w, h] with w, h >= 0, got {box!r}")
                 self._items.append((by_id[image_id], empty, b, -1, float(score)))
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose augmentation ``__getitem__`` draws (see the module docstring)."""
-        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
-            raise PosenasError(f"epoch: expected a non-negative integer, got {epoch!r}")
-        self._epoch[0] = int(epoch)
-
-    @property
-    def epoch(self) -> int:
-        return int(self._epoch[0])
-
     def __len__(self) -> int:
         return len(self._items)
-
-    def rng(self, index: int) -> np.random.Generator:
-        """The augmentation RNG of item ``index`` in the current epoch."""
-        return np.random.default_rng([self.seed, self.epoch, int(index)])
-
-    def load_image(self, img: ImageRecord) -> np.ndarray:
-        """The RGB ``(H, W, 3)`` uint8 image of a record, read from disk (in-memory images: :mod:`posenas.api`)."""
-        return cv2.cvtColor(read_image(self.dataset.image_path(img)), cv2.COLOR_BGR2RGB)
 
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < len(self._items):

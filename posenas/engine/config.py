@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from posenas.data.bottomup import BottomUpAugment
 from posenas.data.transforms import AugmentConfig
 from posenas.errors import PosenasError
 
@@ -119,12 +120,41 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class BottomUpConfig:
+    """What a bottom-up model's run uses (an arch whose ``bottom_up`` is true; top-down runs ignore it):
+    HigherHRNet's COCO defaults — associative-embedding codec and decoder (codecs/associative.py), loss
+    weights (heatmap MSE, pull, push) and whole-image augmentation (data/bottomup.py). ``config.augment``
+    is the top-down crop augmentation and must stay at its defaults in a bottom-up run."""
+
+    max_people: int = 30
+    scale_aware_sigma: bool = False
+    heatmap_weight: float = 1.0
+    pull_weight: float = 1e-3
+    push_weight: float = 1e-3
+    detection_threshold: float = 0.1
+    tag_threshold: float = 1.0
+    nms_kernel: int = 5
+    adjust: bool = True
+    refine: bool = True
+    augment: BottomUpAugment = field(default_factory=BottomUpAugment)
+
+    def __post_init__(self) -> None:
+        for name in ("heatmap_weight", "pull_weight", "push_weight"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v >= 0):
+                raise PosenasError(f"config.bottomup.{name}: must be >= 0 and finite, got {v}")
+        if self.max_people < 1:
+            raise PosenasError(f"config.bottomup.max_people: must be >= 1, got {self.max_people}")
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    bottomup: BottomUpConfig = field(default_factory=BottomUpConfig)
 
 
 class TrainingSections:

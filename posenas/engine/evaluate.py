@@ -10,7 +10,8 @@ from posenas.runtime import load_model
 from posenas.data.boxes import load_detections
 from posenas.data.layout import load_dataset
 from posenas.engine.distributed import resolve_device
-from posenas.engine.predict import InstancePrediction, evaluate_model, prediction_records
+from posenas.engine.predict import InstancePrediction, prediction_records
+from posenas.engine.task import task_of_codec
 from posenas.errors import PosenasError
 from posenas.evaluation import default_metric
 from posenas.jsonio import write_json, write_text
@@ -52,7 +53,7 @@ def evaluate_checkpoint(
             raise PosenasError(f"{boxes}: PCKh scores each GT person and needs the GT boxes; drop --boxes")
         detections = load_detections(boxes, image_ids={img.id for img in dataset.images})
     dev = resolve_device(device) if runtime == "torch" else torch.device("cpu")
-    metric, result, table, preds = evaluate_model(
+    metric, result, table, preds = task_of_codec(loaded.codec).evaluate(
         loaded.model.to(dev), dataset, loaded.codec, dev, metric, boxes=detections, flip_test=flip_test,
         batch_size=batch_size, workers=workers, progress=progress,
     )

@@ -102,12 +102,16 @@ class Precision:
         return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
     def forward(self, model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
-        """``model(images)`` in this precision and layout; the output FP32 and contiguous."""
+        """``model(images)`` in this precision and layout; the output (each, for a tuple) FP32 and contiguous."""
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with self.autocast(images.device):
             out = model(images)
-        return out.float().contiguous() if self.dtype != "fp32" or self.channels_last else out
+        if self.dtype == "fp32" and not self.channels_last:
+            return out
+        if isinstance(out, (tuple, list)):  # a multi-resolution bottom-up model (HigherHRNet)
+            return tuple(o.float().contiguous() for o in out)
+        return out.float().contiguous()
 
     def to_json(self) -> dict[str, Any]:
         return {"dtype": self.dtype, "channels_last": self.channels_last}

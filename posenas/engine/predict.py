@@ -83,18 +83,22 @@ def predict(
     out: list[InstancePrediction] = []
     for batch in tqdm(loader, desc="predicting", disable=not progress, leave=False):
         heatmaps = heatmaps_with_flip(model, batch["image"].to(device), flip_index, flip_test, precision)
-        coords, maxvals = codec.decode(heatmaps.float().cpu().numpy())
-        centers, scales = batch["center"].numpy(), batch["scale"].numpy()
-        rotations = batch["rotation"].numpy()
-        image_xy = back_project(coords, centers, scales, rotations, codec.input_size)
-        scores = instance_scores(maxvals, batch["box_score"].numpy())
-        boxes = batch["box"].numpy()
-        for i in range(len(coords)):
-            kp = np.concatenate([image_xy[i], maxvals[i][:, None]], axis=1).astype(np.float32)
-            out.append(InstancePrediction(int(batch["image_id"][i]), int(batch["person_id"][i]), kp, float(scores[i]),
-                                          boxes[i], data.dataset.file_origin))
+        out += crop_predictions(heatmaps.float().cpu().numpy(), batch, codec, data.dataset.file_origin)
     model.train(was_training)
     return out
+
+
+def crop_predictions(heatmaps: np.ndarray, batch: dict, codec: HeatmapCodec, file_origin: float
+                     ) -> list[InstancePrediction]:
+    """A batch of crops' heatmaps ``(N, K, h, w)`` → one prediction each, in image pixels."""
+    coords, maxvals = codec.decode(heatmaps)
+    rotations = np.asarray(batch["rotation"])
+    image_xy = back_project(coords, batch["center"].numpy(), batch["scale"].numpy(), rotations, codec.input_size)
+    scores = instance_scores(maxvals, batch["box_score"].numpy())
+    boxes = batch["box"].numpy()
+    return [InstancePrediction(int(batch["image_id"][i]), int(batch["person_id"][i]),
+                               np.concatenate([image_xy[i], maxvals[i][:, None]], axis=1).astype(np.float32),
+                               float(scores[i]), boxes[i], file_origin) for i in range(len(coords))]
 
 
 def by_image(preds: list[InstancePrediction]) -> dict[int, list[InstancePrediction]]:

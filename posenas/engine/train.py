@@ -30,17 +30,18 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm import tqdm
 
 from posenas.arch import arch_from_json, build_model, load_arch_file, named_arch
-from posenas.checkpoint import check_heatmap_size, load_checkpoint, load_weights, save_checkpoint
+from posenas.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from posenas.codecs.heatmap import HeatmapCodec
 from posenas.config import open_run_dir, remove_run_start, to_dict, write_yaml
 from posenas.data.layout import load_dataset
 from posenas.data.records import PoseDataset
-from posenas.data.topdown import TopDownDataset, worker_errors_released
+from posenas.data.topdown import worker_errors_released
 from posenas.display import warn
 from posenas.engine.config import ExperimentConfig, ModelConfig, OptimConfig
 from posenas.engine.distributed import World, init_world
 from posenas.engine.precision import FP32, Precision, emulation_warning, model_family, resolve_precision
-from posenas.engine.predict import evaluate_model, prediction_records, primary_value
+from posenas.engine.predict import prediction_records, primary_value
+from posenas.engine.task import TOP_DOWN, Task, task_for, unwrap
 from posenas.errors import PosenasError
 from posenas.jsonio import JsonlLog, read_json, write_json, write_text
 from posenas.resources import resolve_config
@@ -144,26 +145,8 @@ def resolve_arch(model: ModelConfig) -> Any:
 
 
 def make_codec(cfg: ExperimentConfig) -> HeatmapCodec:
-    h, w = cfg.data.input_size
-    return HeatmapCodec(input_size=(h, w), heatmap_size=(h // 4, w // 4), sigma=cfg.data.sigma,
-                        decode_with=cfg.data.decode)
-
-
-def heatmap_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """SimpleBaseline's joints MSE: 0.5 × mean of target-weighted squared errors."""
-    return 0.5 * (weight[:, :, None, None] * (pred - target) ** 2).mean()
-
-
-def model_loss(model: nn.Module, pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """:func:`heatmap_loss` of a model's training output. A model whose training output has
-    other channels than the joints (PNFS: each body part's maps, a joint in several parts
-    repeated) names the joint of each channel in ``output_joints``; targets follow it."""
-    inner = _unwrap(model)
-    joints = getattr(inner, "output_joints", None)
-    if joints is not None and inner.training:
-        index = joints.to(target.device)
-        target, weight = target[:, index], weight[:, index]
-    return heatmap_loss(pred, target, weight)
+    """The top-down heatmap codec of a config (the searches' supernets are top-down)."""
+    return TOP_DOWN.make_codec(cfg)
 
 
 class Objective:
@@ -179,6 +162,9 @@ class Objective:
     ddp = True
     #: How :meth:`forward` runs the model; the loop sets the run's resolved choice before :meth:`prepare`.
     precision: Precision = FP32
+    #: What a batch holds and how :meth:`loss` reads it (top-down or bottom-up, engine/task.py);
+    #: the loop sets the run's task before :meth:`prepare`.
+    task: Task = TOP_DOWN
 
     def __init__(self, arch: Any):
         self.arch = arch
@@ -223,10 +209,14 @@ class Objective:
         objective's forward goes through here, so ``train.precision`` reaches each of them."""
         return self.precision.forward(model, images)
 
-    def step(self, model: nn.Module, images: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
-             step: int, world: World) -> torch.Tensor:
-        """Forward and backward for one optimiser step; returns the (detached) loss to log."""
-        loss = model_loss(model, self.forward(model, images), target, weight)
+    def loss(self, model: nn.Module, output: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The run's task loss of a training output against the batch's targets."""
+        return self.task.loss(model, output, batch)
+
+    def step(self, model: nn.Module, batch: dict[str, torch.Tensor], step: int, world: World) -> torch.Tensor:
+        """Forward and backward for one optimiser step on ``batch`` (tensors on the run's device,
+        ``image`` and the task's targets); returns the (detached) loss to log."""
+        loss = self.loss(model, self.forward(model, batch["image"]), batch)
         if not world.any_true(not bool(torch.isfinite(loss))):  # every rank backwards, or none (DDP)
             loss.backward()
         return loss.detach()
@@ -257,8 +247,7 @@ def lr_lambda(optim: OptimConfig, steps_per_epoch: int, total_steps: int):
     return factor
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, DistributedDataParallel) else model
+_unwrap = unwrap
 
 
 class _Metrics:
@@ -396,9 +385,10 @@ def init_weights(model: nn.Module, objective: Objective, path: str) -> None:
     load_weights(model, state, path)
 
 
-def validate(model, cfg: ExperimentConfig, val: PoseDataset, codec: HeatmapCodec, world: World, progress: bool,
-             precision: Precision = FP32):
-    """Predict the val split on GT boxes; returns (metric, result, table, predictions).
+def validate(model, cfg: ExperimentConfig, val: PoseDataset, codec: Any, world: World, progress: bool,
+             precision: Precision = FP32, task: Task = TOP_DOWN):
+    """Predict the val split (on GT boxes, or whole images for a bottom-up task); returns
+    (metric, result, table, predictions).
 
     In FP32 whatever the run trains in (only its memory format is kept): a run's reported AP is
     then its weights' AP, what ``posenas eval`` and the FP32 export of its checkpoint give, and
@@ -406,9 +396,9 @@ def validate(model, cfg: ExperimentConfig, val: PoseDataset, codec: HeatmapCodec
     if cfg.data.val_max_images is not None:
         val = replace(val, images=val.images[: cfg.data.val_max_images])
     with worker_errors_released():
-        return evaluate_model(_unwrap(model), val, codec, world.device, flip_test=cfg.train.flip_test,
-                              batch_size=cfg.data.batch_size * 2, workers=cfg.data.workers, progress=progress,
-                              precision=replace(precision, dtype="fp32"))
+        return task.evaluate(_unwrap(model), val, codec, world.device, flip_test=cfg.train.flip_test,
+                             batch_size=cfg.data.batch_size * 2, workers=cfg.data.workers, progress=progress,
+                             precision=replace(precision, dtype="fp32"))
 
 
 def run_precision(cfg: ExperimentConfig, family: str, device: torch.device) -> Precision:
@@ -478,14 +468,16 @@ def _train(cfg, run_dir, last, resume, progress, stop_at_step, world: World, sto
     val_set = load_dataset(cfg.data.root, cfg.data.val_split)
     if train_set.schema != val_set.schema:
         raise PosenasError(f"{cfg.data.root}: train and val splits use different keypoint schemas")
-    schema, codec = train_set.schema, make_codec(cfg)
+    schema = train_set.schema
 
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     model = objective.build(schema.num_joints).to(world.device)
-    check_heatmap_size(model, codec)
+    task = objective.task = task_for(getattr(objective, "arch", None), cfg)
+    codec = task.make_codec(cfg, model)
+    task.check_model(model, codec)
     if cfg.train.init_from and not resume:
         init_weights(model, objective, cfg.train.init_from)
-    train_data = TopDownDataset(objective.weight_split(train_set), codec, cfg.augment, seed=cfg.train.seed)
+    train_data = task.train_data(objective.weight_split(train_set), codec, cfg, cfg.train.seed)
     sampler = DistributedSampler(train_data, num_replicas=world.size, rank=world.rank, shuffle=True,
                                  seed=cfg.train.seed, drop_last=True)
     steps_per_epoch = len(sampler) // cfg.data.batch_size
@@ -552,7 +544,7 @@ def _train(cfg, run_dir, last, resume, progress, stop_at_step, world: World, sto
     def record_validation(epoch: int, final: bool) -> dict:
         nonlocal best
         objective.before_validation(_unwrap(model))
-        metric, result, table, preds = validate(model, cfg, val_set, codec, world, progress, precision)
+        metric, result, table, preds = validate(model, cfg, val_set, codec, world, progress, precision, task)
         metrics.write(step=step, epoch=epoch, val={"metric": metric, **result})
         if primary_value(metric, result) > best:  # "best" = highest AP (COCO) or PCKh@0.5 mean
             best = primary_value(metric, result)
@@ -584,11 +576,10 @@ def _train(cfg, run_dir, last, resume, progress, stop_at_step, world: World, sto
                                 generator=torch.Generator().manual_seed(cfg.train.seed * 100003 + epoch))
             with worker_errors_released():  # a bad image in a worker: one line, workers freed at once
                 for batch in loader:
-                    images = batch["image"].to(world.device, non_blocking=True)
-                    target = batch["target"].to(world.device, non_blocking=True)
-                    weight = batch["target_weight"].to(world.device, non_blocking=True)
+                    batch = {key: value.to(world.device, non_blocking=True) for key, value in batch.items()
+                             if isinstance(value, torch.Tensor)}
                     optimizer.zero_grad(set_to_none=True)
-                    loss = objective.step(model, images, target, weight, step, world)
+                    loss = objective.step(model, batch, step, world)
                     # one device sync for both numbers
                     loss_value, grad_norm = torch.stack([loss.detach().float().reshape(()),
                                                          _grad_norm(optimizer).to(loss.device).float()]).tolist()

@@ -18,10 +18,11 @@ Conventions:
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 #: Activation names -> constructors. A plain dict, so the set of names is greppable.
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
@@ -174,6 +175,35 @@ class ContextBlock(nn.Module):
         weights = torch.softmax(self.mask(x).view(n, 1, h * w), dim=-1)            # (N, 1, HW)
         context = torch.bmm(x.view(n, c, h * w), weights.transpose(1, 2))           # (N, C, 1)
         return x + self.transform(context.view(n, c, 1, 1))
+
+
+class Resample(nn.Module):
+    """Branch ``source`` brought to branch ``target``'s scale and width (HRNet's fuse layers).
+
+    ``widths``: channels per branch, branch b at stride ``2**b`` relative to branch 0.
+    Down (``source < target``, k = target - source): k stride-2 3x3 conv-BN, ReLU between
+    them and none after the last; the first k - 1 keep the source width, the last maps to
+    the target's. Up (``source > target``): a 1x1 conv-BN to the target width, then nearest
+    up-sampling to ``size``. Same branch: the identity. Used by HRNet's fuse layers and by
+    AutoPose's aggregation cells.
+    """
+
+    def __init__(self, widths: Sequence[int], source: int, target: int):
+        super().__init__()
+        self.up = source > target
+        if source == target:
+            self.body: nn.Module = nn.Identity()
+        elif self.up:
+            self.body = ConvBNAct(widths[source], widths[target], 1, act=None)
+        else:
+            steps = target - source
+            self.body = nn.Sequential(*[
+                ConvBNAct(widths[source], widths[target] if k == steps - 1 else widths[source], 3, 2,
+                          act=None if k == steps - 1 else "relu") for k in range(steps)])
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        y = self.body(x)
+        return F.interpolate(y, size=size, mode="nearest") if self.up else y
 
 
 def _shortcut(in_channels: int, out_channels: int, stride: int) -> nn.Module:

@@ -8,7 +8,9 @@ whose JSON form is::
 
 :func:`build_simplebaseline` turns it into a plain ``nn.Module`` mapping images
 ``(N, 3, H, W)`` to heatmaps ``(N, K, H/4, W/4)``: the backbone has stride 32 and the
-head's three stride-2 transposed convs bring it to stride 4.
+head's three stride-2 transposed convs bring it to stride 4. With ``"tags": true`` the head
+has 2K output channels, K heatmaps then one associative-embedding tag per joint: the model is
+bottom-up (whole images, :mod:`posenas.data.bottomup`), e.g. ``simplebaseline-small-ae``.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ HEAD_DEPTH = 3
 MAX_HEAD_WIDTH = 4096
 MAX_WIDTH_MULT = 4.0
 
-_KEYS = ("space", "backbone", "width_mult", "head")
+_KEYS = ("space", "backbone", "width_mult", "head", "tags")
 _HEAD_KEYS = ("widths", "kernels")
 
 
@@ -81,6 +83,7 @@ class SimpleBaselineArch:
     width_mult: float = 1.0
     head_widths: tuple[int, ...] = (256, 256, 256)
     head_kernels: tuple[int, ...] = (4, 4, 4)
+    tags: bool = False
     space: ClassVar[str] = "simplebaseline"
 
     def __post_init__(self):
@@ -96,14 +99,24 @@ class SimpleBaselineArch:
         object.__setattr__(self, "width_mult", width_mult)
         object.__setattr__(self, "head_widths", widths)
         object.__setattr__(self, "head_kernels", kernels)
+        if not isinstance(self.tags, bool):
+            raise PosenasError(f"{where}.tags: expected true or false, got {self.tags!r}")
+
+    @property
+    def bottom_up(self) -> bool:
+        """Heatmaps and tags of every person in a whole image (associative embedding)."""
+        return self.tags
 
     def to_json(self) -> dict:
-        return {
+        out = {
             "space": self.space,
             "backbone": self.backbone,
             "width_mult": float(self.width_mult),
             "head": {"widths": list(self.head_widths), "kernels": list(self.head_kernels)},
         }
+        if self.tags:  # written only when set: top-down arch JSON stays as it always was
+            out["tags"] = True
+        return out
 
     @classmethod
     def from_json(cls, data: Any, where: str = "arch") -> "SimpleBaselineArch":
@@ -122,7 +135,10 @@ class SimpleBaselineArch:
         head = check_object(data.get("head", {}), f"{where}.head", _HEAD_KEYS)
         widths, kernels = _check_head(head.get("widths", list(cls.head_widths)),
                                       head.get("kernels", list(cls.head_kernels)), where)
-        return cls(backbone, width_mult, widths, kernels)
+        tags = data.get("tags", False)
+        if not isinstance(tags, bool):
+            raise PosenasError(f"{where}.tags: expected true or false, got {tags!r}")
+        return cls(backbone, width_mult, widths, kernels, tags)
 
 
 class SimpleBaseline(nn.Module):
@@ -145,10 +161,12 @@ def check_num_joints(num_joints: Any) -> int:
 
 
 def build_simplebaseline(arch: SimpleBaselineArch, num_joints: int) -> SimpleBaseline:
-    """A freshly initialised SimpleBaseline: ``forward((N, 3, H, W)) -> (N, num_joints, H/4, W/4)``."""
+    """A freshly initialised SimpleBaseline: ``forward((N, 3, H, W)) -> (N, num_joints, H/4, W/4)``
+    (``2 * num_joints`` channels with ``arch.tags``: heatmaps, then tags)."""
     if not isinstance(arch, SimpleBaselineArch):
         raise PosenasError(f"arch: expected a SimpleBaselineArch, got {type(arch).__name__}")
     num_joints = check_num_joints(num_joints)
     backbone = build_backbone(arch.backbone, arch.width_mult)
-    head = DeconvHead(backbone.out_channels, num_joints, arch.head_widths, arch.head_kernels)
+    outputs = 2 * num_joints if arch.tags else num_joints
+    head = DeconvHead(backbone.out_channels, outputs, arch.head_widths, arch.head_kernels)
     return SimpleBaseline(backbone, head)

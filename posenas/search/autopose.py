@@ -264,8 +264,7 @@ class AutoPoseObjective(FirstOrderObjective):
             seen = self.agent.update(reward, s.controller_batch, branch_generator(s.seed, "controller", step, k))
             self.history.append({"step": step, "update": k, **seen})
 
-    def step(self, model: nn.Module, images: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
-             step: int, world: World) -> torch.Tensor:
+    def step(self, model: nn.Module, batch: dict[str, torch.Tensor], step: int, world: World) -> torch.Tensor:
         model.tau = self.cfg.supernet.tau(step, self.total)
         due = self.controller_due(step)
         if due:
@@ -276,7 +275,7 @@ class AutoPoseObjective(FirstOrderObjective):
             check_identical([*model.arch_parameters(), *self.controller.parameters(),
                              torch.tensor(model.branches, dtype=torch.float64)], world,
                             f"step {step}: alpha, controller and branch vectors")
-        return super().step(model, images, target, weight, step, world)
+        return super().step(model, batch, step, world)
 
     def before_validation(self, model: nn.Module) -> None:
         """Validation sees the controller's most likely branch vectors (all branches, under ``all``)."""

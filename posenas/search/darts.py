@@ -25,7 +25,7 @@ from posenas.data.records import PoseDataset
 from posenas.data.topdown import TopDownDataset
 from posenas.engine.config import ExperimentConfig
 from posenas.engine.distributed import World, average_gradients
-from posenas.engine.train import Objective, model_loss, run_length
+from posenas.engine.train import Objective, run_length
 from posenas.errors import PosenasError
 
 
@@ -113,7 +113,7 @@ class FirstOrderObjective(Objective, ABC):
         batch = self.arch_batch(step, world)
         drop, model.drop_prob = getattr(model, "drop_prob", 0.0), 0.0  # no drop-path on architecture steps
         try:
-            loss = model_loss(model, self.forward(model, batch["image"]), batch["target"], batch["target_weight"])
+            loss = self.loss(model, self.forward(model, batch["image"]), batch)
             loss = loss + self.arch_penalty(model)
         finally:  # an error in this forward must not leave the weight steps without their drop-path
             model.drop_prob = drop
@@ -130,8 +130,7 @@ class FirstOrderObjective(Objective, ABC):
         self.last_arch_loss = float(loss.detach())
         return None
 
-    def step(self, model: nn.Module, images: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
-             step: int, world: World) -> torch.Tensor:
+    def step(self, model: nn.Module, batch: dict[str, torch.Tensor], step: int, world: World) -> torch.Tensor:
         if step >= self.arch_start:
             stop = self.arch_step(model, step, world)
             if stop is not None:
@@ -140,7 +139,7 @@ class FirstOrderObjective(Objective, ABC):
         for p in params:
             p.requires_grad_(False)
         try:
-            loss = model_loss(model, self.forward(model, images), target, weight)
+            loss = self.loss(model, self.forward(model, batch["image"]), batch)
             if not world.any_true(not bool(torch.isfinite(loss))):
                 loss.backward()
         finally:

@@ -19,7 +19,8 @@ from torch import nn
 
 from posenas.engine.distributed import World, average_gradients
 from posenas.engine.precision import supernet_family
-from posenas.engine.train import Objective, heatmap_loss
+from posenas.engine.task import heatmap_loss
+from posenas.engine.train import Objective
 from posenas.spaces.supernets import supernet_fields
 from posenas.spaces.vipnas import SPACES, Choices, ViPNASArch, ViPNASSupernet, largest_arch, sample_arch, smallest_arch
 
@@ -49,8 +50,8 @@ class SandwichObjective(Objective):
         return [self.arch, self.smallest] + [sample_arch(self.space_name, self.choices, rng)
                                              for _ in range(self.num_random)]
 
-    def step(self, model: nn.Module, images: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
-             step: int, world: World) -> torch.Tensor:
+    def step(self, model: nn.Module, batch: dict[str, torch.Tensor], step: int, world: World) -> torch.Tensor:
+        images, target, weight = batch["image"], batch["target"], batch["target_weight"]
         total = torch.zeros((), device=images.device)
         teacher = None
         for i, arch in enumerate(self.subnets(step)):

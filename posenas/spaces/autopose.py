@@ -45,7 +45,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from posenas.errors import PosenasError
-from posenas.models.blocks import Bottleneck, ConvBNAct
+from posenas.models.blocks import Bottleneck, ConvBNAct, Resample
 from posenas.spaces.archfields import check_list, check_object, check_str_choice, is_int
 from posenas.spaces.cells import Cell, MixedOp, edges
 
@@ -237,28 +237,6 @@ class Stem(nn.Module):
         for down in self.down:
             out.append(down(out[-1]))
         return out
-
-
-class Resample(nn.Module):
-    """Branch ``source`` brought to branch ``target``'s scale and width (HRNet's fuse layers):
-    k stride-2 3x3 convs down, or a 1x1 conv then nearest up-sampling."""
-
-    def __init__(self, widths: Sequence[int], source: int, target: int):
-        super().__init__()
-        self.up = source > target
-        if source == target:
-            self.body: nn.Module = nn.Identity()
-        elif self.up:
-            self.body = ConvBNAct(widths[source], widths[target], 1, act=None)
-        else:
-            steps = target - source
-            self.body = nn.Sequential(*[
-                ConvBNAct(widths[source], widths[target] if k == steps - 1 else widths[source], 3, 2,
-                          act=None if k == steps - 1 else "relu") for k in range(steps)])
-
-    def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        y = self.body(x)
-        return F.interpolate(y, size=size, mode="nearest") if self.up else y
 
 
 class AggregationCell(nn.Module):
