@@ -28,7 +28,10 @@ from posenas.arch import build_model as _build
 from posenas.checkpoint import LoadedModel
 from posenas.cost import profile_model
 from posenas.data.records import ImageRecord, PoseDataset
+from posenas.codecs import AssociativeEmbeddingCodec
+from posenas.data.bottomup import BottomUpDataset
 from posenas.data.topdown import TopDownDataset
+from posenas.engine.bottomup import predict_images
 from posenas.engine.distributed import resolve_device
 from posenas.engine.predict import predict as _predict
 from posenas.errors import PosenasError
@@ -60,6 +63,17 @@ class _ImageCrops(TopDownDataset):
         return self.image_rgb
 
 
+class _WholeImage(BottomUpDataset):
+    """One in-memory image for a bottom-up model."""
+
+    def __init__(self, image_rgb: np.ndarray, dataset: PoseDataset, codec):
+        super().__init__(dataset, codec, augment=None, targets=False)
+        self.image_rgb = image_rgb
+
+    def load_image(self, img: ImageRecord) -> np.ndarray:
+        return self.image_rgb
+
+
 class Predictor:
     """A loaded model (PyTorch checkpoint or exported ONNX file) with its schema and codec.
 
@@ -75,18 +89,26 @@ class Predictor:
                 channels: str = "bgr", flip_test: bool | None = None) -> list[Pose]:
         """Poses in ``image``, an ``(H, W, 3)`` uint8 array, BGR (as ``cv2.imread`` gives; pass
         ``channels="rgb"`` for RGB). ``boxes``: person boxes ``[x, y, w, h]`` in pixels, one
-        pose each, in order; ``None``: the whole image is one person box."""
+        pose each, in order; ``None``: the whole image is one person box — or, for a bottom-up
+        model (which takes no boxes), every person it finds, best first."""
         if channels not in CHANNELS:
             raise PosenasError(f"channels: {channels!r} not allowed; allowed: {', '.join(CHANNELS)}")
         image = np.asarray(image)
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise PosenasError(f"image: expected an (H, W, 3) uint8 array, got shape {image.shape} of {image.dtype}")
         h, w = image.shape[:2]
-        if boxes is None:
-            boxes = [[0, 0, w, h]]
         rgb = np.ascontiguousarray(image if channels == "rgb" else cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
         record = ImageRecord(id=0, file_name="<array>", width=w, height=h)
         dataset = PoseDataset("coco", self.schema, Path("."), [record], Path("<array>"))
+        flip = self.flip_test if flip_test is None else flip_test
+        if isinstance(self.codec, AssociativeEmbeddingCodec):
+            if boxes is not None:
+                raise PosenasError("boxes: a bottom-up model finds every person in the image and takes no boxes")
+            preds = predict_images(self.model, _WholeImage(rgb, dataset, self.codec), self.codec, self.device,
+                                   flip_test=flip, progress=False)
+            return [Pose(p.keypoints, np.asarray(p.box, np.float32), p.score) for p in preds]
+        if boxes is None:
+            boxes = [[0, 0, w, h]]
         crops = _ImageCrops(rgb, dataset, self.codec, [(0, b, 1.0) for b in boxes])
         preds = _predict(self.model, crops, self.codec, self.schema.flip_index, self.device,
                          flip_test=self.flip_test if flip_test is None else flip_test, progress=False)

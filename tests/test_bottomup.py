@@ -175,6 +175,19 @@ def test_train_eval_infer_export_a_bottom_up_model(tmp_path, capsys):
     out = json.loads((tmp_path / "inf" / "predictions.json").read_text())
     assert len(list((tmp_path / "inf").glob("*.jpg"))) == 8
     assert all(np.array(p["keypoints"]).shape == (17, 3) for p in out["predictions"])
+    # the Python API finds the same people in an in-memory image, and refuses boxes
+    import cv2
+
+    import posenas
+
+    first = sorted(images.glob("*.jpg"))[0]
+    poses = posenas.load(ckpt, device="cpu").predict(cv2.imread(str(first)))
+    infer_poses = [p for p in out["predictions"] if p["image_id"] == 0]
+    assert len(poses) == len(infer_poses)
+    for pose, rec in zip(poses, infer_poses):
+        np.testing.assert_allclose(pose.keypoints, np.array(rec["keypoints"]), atol=0.01)
+    with pytest.raises(PosenasError, match="takes no boxes"):
+        posenas.load(ckpt, device="cpu").predict(cv2.imread(str(first)), boxes=[[0, 0, 10, 10]])
 
     onnx = tmp_path / "m.onnx"
     assert main(["export", str(ckpt), "--onnx", str(onnx)]) == 0
@@ -192,3 +205,40 @@ def test_top_down_augmentation_in_a_bottom_up_run_is_an_error(tmp_path):
     with pytest.raises(PosenasError, match=r"config.augment.half_body_prob: is top-down crop augmentation"):
         train(cfg, tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_codec_oracles_reach_their_ceilings_on_synthetic_people(tmp_path, capsys):
+    """The ground truth through each codec's encode + real decoder: top-down at 256x192 and AE at 512."""
+    from posenas.synthetic.generate import default_spec, synthesize
+
+    synthesize(tmp_path / "syn", default_spec("coco", train=0, val=30, seed=0), workers=1, progress=False)
+    for kind, size, floor in (("topdown", "256x192", 0.95), ("bottomup", "512x512", 0.90)):
+        assert main(["eval", "--data", str(tmp_path / "syn"), "--oracle", kind, "--input", size, "--json"]) == 0
+        result = json.loads(capsys.readouterr().out)
+        assert result["AP"] >= floor, (kind, result)
+        assert result["oracle"] == kind and result["input_size"] == [int(v) for v in size.split("x")]
+    # a coarse AE map loses AP: the oracle measures the codec, not a constant
+    assert main(["eval", "--data", str(tmp_path / "syn"), "--oracle", "bottomup", "--input", "64x64", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["AP"] < 0.8
+    assert main(["eval", "--data", str(tmp_path / "syn"), "--oracle", "bottomup", "--input", "66x64"]) == 2
+    assert "--input: expected HEIGHTxWIDTH, each a multiple of 4" in capsys.readouterr().err
+
+
+def test_higherhrnet_exports_both_resolutions_to_onnx(one_thread):
+    """A multi-output model (heatmaps + tags at 1/4, heatmaps at 1/2) exports with both outputs and parity."""
+    from posenas.export import onnx_bytes
+    from posenas.runtime import OnnxPoseModel
+
+    torch.manual_seed(0)
+    model = build_model(arch_from_json({"space": "hrnet", "width": 4, "head": "higher"}), 17).eval()
+    for m in model.modules():  # HRNet's std-0.001 init leaves tiny maps: give the parity check real signal
+        if isinstance(m, torch.nn.Conv2d):
+            torch.nn.init.normal_(m.weight, std=0.1)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        quarter, half = model(x)
+    runner = OnnxPoseModel.from_bytes(onnx_bytes(model, (64, 64), rewrite=False))
+    ort_quarter, ort_half = runner(x)
+    assert ort_quarter.shape == (1, 34, 16, 16) and ort_half.shape == (1, 17, 32, 32)
+    for ours, theirs in ((quarter, ort_quarter), (half, ort_half)):
+        assert float((ours - theirs).abs().max()) <= 1e-4 * float(ours.abs().max())
