@@ -242,3 +242,12 @@ def test_higherhrnet_exports_both_resolutions_to_onnx(one_thread):
     assert ort_quarter.shape == (1, 34, 16, 16) and ort_half.shape == (1, 17, 32, 32)
     for ours, theirs in ((quarter, ort_quarter), (half, ort_half)):
         assert float((ours - theirs).abs().max()) <= 1e-4 * float(ours.abs().max())
+
+
+def test_bottom_up_on_mpii_data_is_refused_before_training(tmp_path):
+    root = tmp_path / "data"
+    make_dataset("mpii", root, images=4, people=2)
+    cfg = _config(root)
+    with pytest.raises(PosenasError, match=r"a bottom-up model is scored by COCO OKS AP.*mpii data is scored by PCKh"):
+        train(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()

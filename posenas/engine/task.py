@@ -136,6 +136,11 @@ class BottomUpTask:
 
     def train_data(self, dataset: PoseDataset, codec: AssociativeEmbeddingCodec, cfg: Any,
                    seed: int) -> BottomUpDataset:
+        from posenas.evaluation import default_metric
+
+        if default_metric(dataset) != "coco":  # before any step: validation would fail only at the end
+            raise PosenasError(f"{dataset.source}: a bottom-up model is scored by COCO OKS AP on whole images; "
+                               f"{dataset.format} data is scored by PCKh per GT person (train a top-down model)")
         defaults = type(cfg.augment)()
         if cfg.augment != defaults:
             changed = sorted(k for k in vars(defaults) if getattr(cfg.augment, k) != getattr(defaults, k))
