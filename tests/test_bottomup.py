@@ -251,3 +251,10 @@ def test_bottom_up_on_mpii_data_is_refused_before_training(tmp_path):
     with pytest.raises(PosenasError, match=r"a bottom-up model is scored by COCO OKS AP.*mpii data is scored by PCKh"):
         train(cfg, tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_too_few_images_for_a_batch_names_images(tmp_path):
+    root = tmp_path / "data"
+    make_dataset("coco", root, images=2, people=2)
+    with pytest.raises(PosenasError, match=r"2 training images give no full batch of 4 per process"):
+        train(_config(root), tmp_path / "run", progress=False)

@@ -483,8 +483,8 @@ def _train(cfg, run_dir, last, resume, progress, stop_at_step, world: World, sto
     steps_per_epoch = len(sampler) // cfg.data.batch_size
     if steps_per_epoch == 0:
         raise PosenasError(
-            f"{cfg.data.root}: {len(train_data)} training instances give no full batch of {cfg.data.batch_size} "
-            f"per process; lower config.data.batch_size"
+            f"{cfg.data.root}: {len(train_data)} training {'images' if task.name == 'bottomup' else 'instances'} "
+            f"give no full batch of {cfg.data.batch_size} per process; lower config.data.batch_size"
         )
     layout = _layout(world, cfg, steps_per_epoch)
     total_steps = run_length(cfg, steps_per_epoch)
