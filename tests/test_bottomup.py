@@ -258,3 +258,25 @@ def test_too_few_images_for_a_batch_names_images(tmp_path):
     make_dataset("coco", root, images=2, people=2)
     with pytest.raises(PosenasError, match=r"2 training images give no full batch of 4 per process"):
         train(_config(root), tmp_path / "run", progress=False)
+
+
+def test_task_loss_adds_each_weighted_term():
+    """Heatmap MSE at every resolution + pull_weight × pull + push_weight × push, each term switchable."""
+    from posenas.codecs.associative import ae_loss, masked_heatmap_loss
+
+    g = torch.Generator().manual_seed(0)
+    quarter, half = torch.randn(2, 34, 8, 8, generator=g), torch.randn(2, 17, 16, 16, generator=g)
+    joints = torch.zeros(2, 30, 17, 2, dtype=torch.long)
+    joints[:, 0, :3] = torch.tensor([[5, 1], [9, 1], [20, 1]])
+    joints[:, 1, :3] = torch.tensor([[40, 1], [41, 1], [50, 1]])
+    batch = {"heatmaps_0": torch.rand(2, 17, 8, 8, generator=g), "mask_0": torch.ones(2, 8, 8),
+             "heatmaps_1": torch.rand(2, 17, 16, 16, generator=g), "mask_1": torch.ones(2, 16, 16), "joints": joints}
+    heat = masked_heatmap_loss(quarter[:, :17], batch["heatmaps_0"], batch["mask_0"]) + \
+        masked_heatmap_loss(half, batch["heatmaps_1"], batch["mask_1"])
+    pull, push = ae_loss(quarter[:, 17:], joints)
+    assert float(pull.mean()) > 0 and float(push.mean()) > 0
+    full = BottomUpTask(1.0, 0.5, 0.25).loss(None, (quarter, half), batch)
+    assert float(full) == pytest.approx(float(heat + 0.5 * pull.mean() + 0.25 * push.mean()), rel=1e-6)
+    assert float(BottomUpTask(1.0, 0.0, 0.0).loss(None, (quarter, half), batch)) == pytest.approx(float(heat), rel=1e-6)
+    assert float(BottomUpTask(0.0, 0.5, 0.0).loss(None, (quarter, half), batch)) == pytest.approx(
+        float(0.5 * pull.mean()), rel=1e-6)
