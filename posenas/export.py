@@ -21,6 +21,7 @@ import torch
 from posenas.checkpoint import model_from_checkpoint
 from posenas.data.topdown import normalize_image
 from posenas.data.transforms import TopDownTransform
+from posenas.engine.task import as_outputs
 from posenas.errors import PosenasError
 from posenas.export_rewrite import rewrite_for_export
 from posenas.jsonio import write_bytes
@@ -62,8 +63,7 @@ def onnx_bytes(model: torch.nn.Module, input_size: tuple[int, int], *, opset: in
                                "export without it (--no-rewrite)") from None
     example = torch.zeros(1, 3, *input_size)
     with torch.no_grad():
-        first = model(example)
-    count = len(first) if isinstance(first, (tuple, list)) else 1  # HigherHRNet: one output per resolution
+        count = len(as_outputs(model(example)))  # HigherHRNet: one output per resolution
     names = ["heatmaps"] + [f"heatmaps_{i}" for i in range(1, count)]
     dynamic = ({0: torch.export.Dim("batch", min=1, max=1024)},) if dynamic_batch else None
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
@@ -105,8 +105,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, opset: int = 18, dyn
     report, limits = {}, {}
     with torch.no_grad():
         for name, x in inputs.items():
-            result = model(x)
-            ours = [o.numpy() for o in (result if isinstance(result, (tuple, list)) else (result,))]
+            ours = [o.numpy() for o in as_outputs(model(x))]
             theirs = session.run(None, {"image": x.numpy()})
             report[name] = max(float(np.abs(a - b).max()) for a, b in zip(ours, theirs))
             limits[name] = PARITY_TOLERANCE * max(float(np.abs(a).max()) for a in ours)

@@ -15,18 +15,18 @@ from posenas.arch import arch_from_json, build_model, named_arch
 from posenas.checkpoint import model_from_checkpoint
 from posenas.cli import main
 from posenas.codecs import AssociativeEmbeddingCodec, codec_from_dict
-from posenas.config import from_dict
 from posenas.data.bottomup import BottomUpAugment, WholeImageTransform, ignore_region
 from posenas.data.coco import annotation_dict, parse_annotation
 from posenas.data.fields import Where
 from posenas.data.records import Person
-from posenas.engine.config import ExperimentConfig
+from posenas.engine.config import ExperimentConfig, ModelConfig
 from posenas.engine.task import BottomUpTask, TOP_DOWN, task_for
 from posenas.engine.train import train
 from posenas.errors import PosenasError
 from posenas.keypoints import COCO17
 
 from conftest import make_dataset
+from test_engine import tiny_config
 
 TINY_AE = {"space": "simplebaseline", "backbone": "resnet18", "width_mult": 0.125,
            "head": {"widths": [16, 16, 16], "kernels": [4, 4, 4]}, "tags": True}
@@ -135,15 +135,9 @@ def test_tags_make_a_simplebaseline_bottom_up():
 
 
 def _config(root: Path, **train_overrides) -> ExperimentConfig:
-    cfg = from_dict(ExperimentConfig, {
-        "model": {"arch": TINY_AE},
-        "data": {"root": str(root), "train_split": "val", "val_split": "val", "input_size": [64, 64],
-                 "batch_size": 4, "workers": 0},
-        "optim": {"lr": 0.01, "warmup_steps": 2},
-        "train": {"epochs": 2, "device": "cpu", "log_every": 1, "checkpoint_every": 0, "val_every": 1,
-                  "flip_test": True, "seed": 1},
-    })
-    return replace(cfg, train=replace(cfg.train, **train_overrides))
+    """test_engine's tiny recipe with the tiny bottom-up arch on whole 64x64 images."""
+    cfg = tiny_config(root, **{"seed": 1, **train_overrides})
+    return replace(cfg, model=ModelConfig(arch=TINY_AE), data=replace(cfg.data, input_size=(64, 64)))
 
 
 def test_train_eval_infer_export_a_bottom_up_model(tmp_path, capsys):

@@ -22,7 +22,9 @@ from posenas.codecs.associative import AssociativeEmbeddingCodec, aggregate
 from posenas.data.bottomup import BottomUpDataset
 from posenas.data.records import PoseDataset
 from posenas.engine.precision import FP32, Precision
+from posenas.data.transforms import transform_points
 from posenas.engine.predict import InstancePrediction, prediction_records
+from posenas.engine.task import as_outputs
 from posenas.evaluation import default_metric, evaluate_records
 from posenas.errors import PosenasError
 
@@ -33,16 +35,12 @@ def outputs_with_flip(model: nn.Module, images: torch.Tensor, num_joints: int, f
     at the model's finest output resolution."""
     if not flip_test:
         out = precision.forward(model, images)
-        return aggregate(_as_list(out), num_joints, None, flip_index)
-    both = _as_list(precision.forward(model, torch.cat([images, torch.flip(images, dims=[3])])))
+        return aggregate(list(as_outputs(out)), num_joints, None, flip_index)
+    both = as_outputs(precision.forward(model, torch.cat([images, torch.flip(images, dims=[3])])))
     n = len(images)
     # input_size: the mirrored maps are moved back by the exact offset of our pixel convention
     return aggregate([o[:n] for o in both], num_joints, [o[n:] for o in both], flip_index,
                      input_size=tuple(images.shape[-2:]))
-
-
-def _as_list(output: Any) -> list[torch.Tensor]:
-    return list(output) if isinstance(output, (tuple, list)) else [output]
 
 
 def people_to_predictions(people: np.ndarray, scores: np.ndarray, input_to_image: np.ndarray, image_id: int,
@@ -50,7 +48,7 @@ def people_to_predictions(people: np.ndarray, scores: np.ndarray, input_to_image
     """Decoded people ``(P, K, 3)`` in input pixels → predictions in image pixels."""
     out = []
     for person, score in zip(people, scores):
-        xy = person[:, :2].astype(np.float64) @ input_to_image[:, :2].T + input_to_image[:, 2]
+        xy = transform_points(person[:, :2], input_to_image)
         kp = np.concatenate([xy, person[:, 2:3]], axis=1).astype(np.float32)
         found = kp[kp[:, 2] > 0, :2]
         lo, hi = (found.min(0), found.max(0)) if len(found) else (np.zeros(2), np.zeros(2))
@@ -90,6 +88,13 @@ def predict_images(
     return out
 
 
+def predict_whole_images(model: nn.Module, dataset: PoseDataset, codec: AssociativeEmbeddingCodec,
+                         device: torch.device, **options: Any) -> list[InstancePrediction]:
+    """:func:`predict_images` on every image of ``dataset``, letterboxed (options as there)."""
+    return predict_images(model, BottomUpDataset(dataset, codec, augment=None, targets=False), codec, device,
+                          **options)
+
+
 def evaluate_bottomup(
     model: nn.Module,
     dataset: PoseDataset,
@@ -103,6 +108,6 @@ def evaluate_bottomup(
     if metric != "coco":
         raise PosenasError(f"{dataset.source}: a bottom-up model is scored by COCO OKS AP; PCKh scores each GT "
                            "person's own box (use a top-down model)")
-    preds = predict_images(model, BottomUpDataset(dataset, codec, augment=None, targets=False), codec, device, **predict_options)
+    preds = predict_whole_images(model, dataset, codec, device, **predict_options)
     _, result, table = evaluate_records(dataset, prediction_records(preds, metric), metric)
     return metric, result, table, preds

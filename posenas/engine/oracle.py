@@ -19,6 +19,7 @@ from posenas.codecs.heatmap import HeatmapCodec
 from posenas.data.bottomup import BottomUpDataset
 from posenas.data.records import PoseDataset
 from posenas.data.topdown import TopDownDataset
+from posenas.data.transforms import invert_affine
 from posenas.engine.bottomup import people_to_predictions
 from posenas.engine.predict import InstancePrediction, crop_predictions, prediction_records
 from posenas.errors import PosenasError
@@ -59,8 +60,8 @@ def oracle_predictions(dataset: PoseDataset, kind: str, input_size: tuple[int, i
         heatmaps, _ = codec.encode(sample.people, sample.areas)
         tags = ideal_tags(codec, sample.people, sample.areas)
         people, scores = codec.decode(heatmaps[0], tags)
-        inverse = np.linalg.inv(np.vstack([sample.matrix, [0.0, 0.0, 1.0]]))[:2]
-        out += people_to_predictions(people, scores, inverse, int(data.images[i].id), dataset.file_origin)
+        out += people_to_predictions(people, scores, invert_affine(sample.matrix), int(data.images[i].id),
+                                     dataset.file_origin)
     return out
 
 

@@ -161,14 +161,12 @@ class BottomUpTask:
     def predict(self, model: nn.Module, dataset: PoseDataset, codec: AssociativeEmbeddingCodec,
                 device: torch.device, boxes: Any = None, **options: Any) -> list:
         """Every person found in each whole image (no boxes: a bottom-up model needs no detector)."""
-        from posenas.data.bottomup import BottomUpDataset
-        from posenas.engine.bottomup import predict_images
+        from posenas.engine.bottomup import predict_whole_images
 
         if boxes is not None:
             raise PosenasError("a bottom-up model finds every person in whole images and takes no person boxes; "
                                "drop --boxes")
-        return predict_images(model, BottomUpDataset(dataset, codec, augment=None, targets=False), codec, device,
-                              **options)
+        return predict_whole_images(model, dataset, codec, device, **options)
 
     def evaluate(self, model: nn.Module, dataset: PoseDataset, codec: AssociativeEmbeddingCodec,
                  device: torch.device, metric: str | None = None, boxes: Any = None,
