@@ -27,6 +27,7 @@ import statistics
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
 import torch
 from equal_budget import budget_config, interleaved_latency_ms, train_and_evaluate
@@ -55,19 +56,22 @@ def searched(run: Path, cfg: DNASExperimentConfig, search) -> dict:
     return read_json(run / "results.json")
 
 
-def single_arch_step_seconds(arch: EfficientPoseArch, input_size: tuple[int, int], batch: int) -> float:
-    """Median seconds of one training step (forward, backward, SGD step) of a plain arch."""
+def single_arch_step_seconds(arch: EfficientPoseArch, input_size: tuple[int, int], batch: int,
+                             clock: Callable[[], float] = time.perf_counter) -> float:
+    """Median seconds of one training step (forward, backward, SGD step) of a plain arch, on
+    ``clock`` (wall by default; ``time.process_time`` gives CPU seconds, which a paused or
+    shared machine does not inflate)."""
     model = build_model(arch, 17).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x, y = torch.randn(batch, 3, *input_size), torch.rand(batch, 17, input_size[0] // 4, input_size[1] // 4)
     times = []
     for i in range(6):
-        start = time.perf_counter()
+        start = clock()
         opt.zero_grad()
         ((model(x) - y) ** 2).mean().backward()
         opt.step()
         if i:
-            times.append(time.perf_counter() - start)
+            times.append(clock() - start)
     return statistics.median(times)
 
 

@@ -14,7 +14,8 @@ For every method and search seed s (``train.seed`` and ``search.seed`` = s), on 
   same whatever drew it, so equal candidates = equal wall clock (both are timed).
 - ``efficientpose`` (configs/proxy/efficientpose.yaml): DNAS with the MACs table and with the
   CPU-latency table, --search-steps steps each; random search: --random-archs draws, each
-  trained for the steps that together fit the faster DNAS's wall time (the paper's baseline).
+  trained for the steps that together fit the faster DNAS's time (the paper's baseline; in
+  CPU seconds of the process, which pauses and other load do not inflate).
 - ``pnfs`` (configs/proxy/pnfs.yaml): synchronous and first-order DARTS, --search-steps steps,
   and the fabric with alpha, beta drawn from N(0, 1) with seed s and frozen (the paper's
   random baseline; same steps, so the same wall clock as synchronous).
@@ -79,18 +80,22 @@ BASELINE_SEEDS = (0, 1, 2)
 
 def timed(timing: Path, work: Callable[[], None]) -> float:
     """Run ``work`` unless ``timing`` records it finished; wall seconds summed over resumed
-    segments (kept beside the run folder, which a search wants empty or its own)."""
+    segments (kept beside the run folder, which a search wants empty or its own). The main
+    process's CPU seconds are recorded too (``cpu_seconds``): a budget derived from them is not
+    inflated by a paused or shared machine."""
     if timing.exists() and read_json(timing).get("finished"):
         return read_json(timing)["seconds"]
     timing.parent.mkdir(parents=True, exist_ok=True)
-    before = read_json(timing)["seconds"] if timing.exists() else 0.0
-    start = time.perf_counter()
+    before = read_json(timing) if timing.exists() else {}
+    start, cpu_start = time.perf_counter(), time.process_time()
     finished = False
     try:
         work()
         finished = True
     finally:  # an interrupted segment's time counts too
-        write_json(timing, {"seconds": before + time.perf_counter() - start, "finished": finished})
+        write_json(timing, {"seconds": before.get("seconds", 0.0) + time.perf_counter() - start,
+                            "cpu_seconds": before.get("cpu_seconds", 0.0) + time.process_time() - cpu_start,
+                            "finished": finished})
     return read_json(timing)["seconds"]
 
 
@@ -137,15 +142,17 @@ def efficientpose_searches(out: Path, seed: int, args) -> dict[str, dict]:
         seconds = timed(root / f"dnas-{kind}.wall.json",
                         lambda: run_dnas(kcfg, folder, resume=(folder / "config.yaml").exists()))
         found[f"dnas-{kind}"] = {"arch_file": folder / "best_arch.json", "search_min": seconds / 60}
-    # the two DNAS runs do the same work (only the table differs): the shorter is the budget
-    budget_s = min(found[k]["search_min"] for k in ("dnas-macs", "dnas-cpu_latency")) * 60
+    # the two DNAS runs do the same work (only the table differs): the shorter is the budget, in
+    # CPU seconds of this process, and a random arch's step in CPU seconds too, so a machine paused
+    # or shared during a DNAS run does not buy the random search extra steps
+    budget_s = min(read_json(root / f"dnas-{k}.wall.json")["cpu_seconds"] for k in ("macs", "cpu_latency"))
     rcfg = replace(cfg, search=replace(cfg.search, strategy="random", random_archs=args.random_archs))
     steps_file = root / "random_steps.json"
     if not steps_file.exists():  # fixed once, so a resumed benchmark keeps the same budget
-        per_step = [single_arch_step_seconds(a, tuple(cfg.data.input_size), cfg.data.batch_size)
-                    for a in random_search_archs(rcfg)]
-        write_json(steps_file, {"steps": max(1, int(budget_s / sum(per_step))), "step_seconds": per_step,
-                                "budget_s": budget_s})
+        per_step = [single_arch_step_seconds(a, tuple(cfg.data.input_size), cfg.data.batch_size,
+                                             clock=time.process_time) for a in random_search_archs(rcfg)]
+        write_json(steps_file, {"steps": max(1, int(budget_s / sum(per_step))), "step_cpu_seconds": per_step,
+                                "budget_cpu_s": budget_s})
     rcfg = replace(rcfg, search=replace(rcfg.search, random_steps=read_json(steps_file)["steps"]))
     folder = root / "random"
     seconds = timed(root / "random.wall.json",
