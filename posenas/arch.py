@@ -28,6 +28,7 @@ from posenas.models.simplebaseline import SimpleBaselineArch, build_simplebaseli
 from posenas.spaces.autopose import AutoPoseArch, build_autopose
 from posenas.spaces.efficientpose import EfficientPoseArch, build_efficientpose
 from posenas.spaces.pnfs import PNFSArch, build_pnfs
+from posenas.spaces.threem import ThreeMArch, build_threem
 from posenas.spaces.vipnas import ViPNASMobileNetV3Arch, ViPNASResNetArch, build_vipnas
 
 
@@ -56,6 +57,7 @@ ARCH_SPACES: dict[str, ArchSpace] = {
     "pnfs": ArchSpace(PNFSArch, build_pnfs),
     "autopose": ArchSpace(AutoPoseArch, build_autopose),
     "hrnet": ArchSpace(HRNetArch, build_hrnet),
+    "3m-pose": ArchSpace(ThreeMArch, build_threem),
 }
 
 #: Named architectures, as arch JSON.

@@ -27,6 +27,7 @@ from posenas.data.bottomup import BottomUpDataset
 from posenas.data.records import PoseDataset
 from posenas.data.topdown import TopDownDataset
 from posenas.errors import PosenasError
+from posenas.models.exits import ExitOutputs
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -149,6 +150,10 @@ class BottomUpTask:
         return BottomUpDataset(dataset, codec, cfg.bottomup.augment, seed=seed)
 
     def loss(self, model: nn.Module, output: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Masked heatmap MSE at every resolution + pull + push; a multi-exit model's
+        (:class:`~posenas.models.exits.ExitOutputs`): the sum of that over its exits."""
+        if isinstance(output, ExitOutputs):
+            return sum((self.loss(model, out, batch) for out in output), torch.zeros((), device=output[0].device))
         outputs = as_outputs(output)
         k = batch["heatmaps_0"].shape[1]
         total = torch.zeros((), device=outputs[0].device)

@@ -3,11 +3,13 @@ on the same pieces).
 
 - :data:`CELL_OPS`: the candidate operations by name (zero, skip, 3x3 depthwise-separable
   conv, 3x3 dilated conv of rate 2, 3x3 average and max pooling; 1x1, 3x3 and 5x5
-  conv-BN-ReLU), each keeping the channels and the resolution.
+  conv-BN-ReLU; and 3M-Pose's residual block, conv-sigmoid gate, zoomed conv and
+  squeeze-and-excite), each keeping the channels and the resolution.
 - :class:`MixedOp`: one edge; its output is the weighted sum of its ops for weights the
   caller passes in (softmax(alpha) in PNFS, Gumbel-softmax samples in AutoPose, a
   sparse top-k in 3M-Pose), so the weighting lives outside the edge. Ops whose weight
-  is a known zero (``active``) are not run.
+  is a known zero (``active``) are not run. A derived edge (no weights) sums its built
+  ops (one in PNFS and AutoPose, one or more in 3M-Pose).
 - :class:`Cell`: PNFS Eq. 1 (AutoPose's individual cell, Eq. 2) — H hidden nodes, node j
   the sum over every earlier node i (node 0 is the input) of the mixed op on edge (i, j);
   the hidden nodes concatenated and reduced back to the cell's channels by a 1x1
@@ -28,7 +30,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from posenas.models.blocks import ConvBNAct
+from posenas.models.blocks import BasicBlock, ConvBNAct, SqueezeExcite
 
 
 class Zero(nn.Module):
@@ -50,6 +52,31 @@ class SepConv(nn.Sequential):
         )
 
 
+class ConvGate(nn.Module):
+    """3M-Pose's "Conv-Sigmoid * Identity" (CSI): ``x * sigmoid(conv1x1(x))``, a per-pixel,
+    per-channel gate (the thesis gives no kernel size; 1x1 is our choice)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(self.conv(x))
+
+
+class ZoomConv(nn.Module):
+    """FasterSeg's zoomed convolution (3M-Pose's "Zoom Convolution (3x3)"): bilinear down-sampling
+    by 2, a 3x3 conv-BN-ReLU, bilinear up-sampling back to the input's size."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = ConvBNAct(channels, channels, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.interpolate(x, scale_factor=0.5, mode="bilinear", align_corners=False)
+        return F.interpolate(self.conv(y), size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
 #: Candidate operations by name: ``factory(channels) -> module`` keeping shape. PNFS uses the
 #: first six; AutoPose's set is its plain convolutions (conv-BN-ReLU), the pools and skip.
 CELL_OPS: dict[str, Callable[[int], nn.Module]] = {
@@ -62,6 +89,10 @@ CELL_OPS: dict[str, Callable[[int], nn.Module]] = {
     "conv_1x1": lambda c: ConvBNAct(c, c, 1),
     "conv_3x3": lambda c: ConvBNAct(c, c, 3),
     "conv_5x5": lambda c: ConvBNAct(c, c, 5),
+    "residual_3x3": lambda c: BasicBlock(c, c),  # ResNet basic block of two 3x3 convs
+    "csi": lambda c: ConvGate(c),
+    "zoom_conv_3x3": lambda c: ZoomConv(c),
+    "se": lambda c: SqueezeExcite(c, reduction=4, divisor=1),  # x scaled by its channel gate
 }
 
 
@@ -83,13 +114,14 @@ class MixedOp(nn.Module):
     def forward(self, x: torch.Tensor, weights: torch.Tensor | None,
                 active: Sequence[int] | None = None) -> torch.Tensor:
         """``active``: indices of the ops to run (others count as weight 0); None runs every
-        built op. "zero" is never run (its term is 0). ``weights`` None: a derived edge, its
-        one built op applied as it is (no weighting)."""
+        built op. "zero" is never run (its term is 0). ``weights`` None: a derived edge, the sum
+        of its built ops applied as they are (no weighting)."""
         if weights is None:
-            if len(self.ops) != 1:
-                raise ValueError(f"an edge of {len(self.ops)} ops needs their weights")
-            (k, op), = self.ops.items()
-            return torch.zeros_like(x) if self.names[int(k)] == "zero" else op(x)
+            out = None
+            for k, op in self.ops.items():
+                if self.names[int(k)] != "zero":
+                    out = op(x) if out is None else out + op(x)
+            return torch.zeros_like(x) if out is None else out
         out = None
         for k in (map(int, self.ops.keys()) if active is None else active):
             if self.names[k] == "zero":
