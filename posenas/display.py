@@ -31,10 +31,12 @@ def heading(text: str) -> None:
         print(f"\n== {text}", flush=True)
 
 
-def retrain_command(arch_file: Path, data_root: Any, input_size: Any, init_from: Path | None = None) -> str:
-    """The command that trains a searched architecture with the baseline recipe on the search's data."""
+def retrain_command(arch_file: Path, data_root: Any, input_size: Any, init_from: Path | None = None,
+                    config: str = "configs/baselines/tiny.yaml") -> str:
+    """The command that trains a searched architecture with the baseline recipe (``config``: a
+    bottom-up search's is the bottom-up one) on the search's data."""
     h, w = input_size
-    parts = ["posenas train", f"--arch {arch_file}", "--config configs/baselines/tiny.yaml"]
+    parts = ["posenas train", f"--arch {arch_file}", f"--config {config}"]
     if init_from is not None:
         parts.append(f"--init-from {init_from}")
     parts += [f"--out {arch_file.parent / 'retrain'}", f"data.root={data_root}", f"data.input_size=[{h},{w}]"]

@@ -109,8 +109,9 @@ class Precision:
             out = model(images)
         if self.dtype == "fp32" and not self.channels_last:
             return out
-        if isinstance(out, (tuple, list)):  # a multi-resolution bottom-up model (HigherHRNet)
-            return tuple(o.float().contiguous() for o in out)
+        if isinstance(out, (tuple, list)):  # a multi-resolution (HigherHRNet) or multi-exit (3M-Pose) model
+            return type(out)([o.float().contiguous() for o in out]) if isinstance(out, tuple) else \
+                [o.float().contiguous() for o in out]
         return out.float().contiguous()
 
     def to_json(self) -> dict[str, Any]:

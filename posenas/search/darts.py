@@ -19,10 +19,10 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import default_collate
 
 from posenas.codecs.heatmap import HeatmapCodec
 from posenas.data.records import PoseDataset
-from posenas.data.topdown import TopDownDataset
 from posenas.engine.config import ExperimentConfig
 from posenas.engine.distributed import World, average_gradients
 from posenas.engine.train import Objective, run_length
@@ -74,9 +74,10 @@ class FirstOrderObjective(Objective, ABC):
     def prepare(self, model: nn.Module, codec: HeatmapCodec, cfg: ExperimentConfig, world: World,
                 steps_per_epoch: int) -> None:
         self.model = model
-        self.arch_data = TopDownDataset(self.arch_set, codec, cfg.augment, seed=self.seed)
+        self.arch_data = self.task.train_data(self.arch_set, codec, cfg, self.seed)  # person crops or whole images
         if len(self.arch_data) == 0:
-            raise PosenasError(f"{self.arch_set.source}: the architecture split holds no labelled person")
+            raise PosenasError(f"{self.arch_set.source}: the architecture split holds no labelled "
+                               f"{'image' if self.task.name == 'bottomup' else 'person'}")
         self.batch_size = cfg.data.batch_size
         self.arch_start = round(self.warmup_epochs * steps_per_epoch)
         total = run_length(cfg, steps_per_epoch)
@@ -104,9 +105,8 @@ class FirstOrderObjective(Objective, ABC):
         g = torch.Generator().manual_seed(random.Random(f"dnas-arch:{self.seed}:{step}:{world.rank}").getrandbits(62))
         picks = torch.randint(len(self.arch_data), (self.batch_size,), generator=g).tolist()
         self.arch_data.set_epoch(step)
-        items = [self.arch_data[i] for i in picks]
-        return {k: torch.stack([torch.as_tensor(it[k]) for it in items]).to(world.device)
-                for k in ("image", "target", "target_weight")}
+        batch = default_collate([self.arch_data[i] for i in picks])  # as the training loop's batches
+        return {k: v.to(world.device) for k, v in batch.items()}
 
     def arch_step(self, model: nn.Module, step: int, world: World) -> torch.Tensor | None:
         """One step of the architecture parameters; returns a non-finite loss to stop the run."""

@@ -2,7 +2,7 @@
 
 A newcomer looking for a method's search finds it in the module named after the method:
 :mod:`posenas.search.vipnas`, :mod:`posenas.search.efficientpose`, :mod:`posenas.search.pnfs`,
-:mod:`posenas.search.autopose`.
+:mod:`posenas.search.autopose`, :mod:`posenas.search.threem` (3M-Pose).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 from posenas.errors import PosenasError
-from posenas.search import autopose, efficientpose, pnfs, vipnas
+from posenas.search import autopose, efficientpose, pnfs, threem, vipnas
 from posenas.spaces.vipnas import SPACES as VIPNAS_SPACES
 
 
@@ -32,6 +32,7 @@ SEARCHES: dict[str, SearchMethod] = {
                                   efficientpose.print_summary),
     "pnfs": SearchMethod(pnfs.PNFSExperimentConfig, pnfs.run_pnfs, pnfs.print_summary),
     "autopose": SearchMethod(autopose.AutoPoseExperimentConfig, autopose.run_autopose, autopose.print_summary),
+    "3m-pose": SearchMethod(threem.ThreeMExperimentConfig, threem.run_threem, threem.print_summary),
 }
 
 

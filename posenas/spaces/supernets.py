@@ -16,9 +16,10 @@ from torch import nn
 from posenas.errors import PosenasError
 from posenas.spaces.autopose import AutoPoseArch, AutoPoseSpace, AutoPoseSupernet, derived_state_dict
 from posenas.spaces.efficientpose import SETTINGS, EfficientPoseArch, EfficientPoseSupernet, HeadArch
+from posenas.spaces.threem import ThreeMArch, ThreeMSpace, ThreeMSupernet, derived_state_dict as threem_state_dict
 from posenas.spaces.vipnas import SPACES, ViPNASSupernet, parse_choices
 
-SUPERNET_SPACES = (*SPACES, "efficientpose", "autopose")
+SUPERNET_SPACES = (*SPACES, "efficientpose", "autopose", "3m-pose")
 
 
 def supernet_fields(space_name: str, supernet_choices_json: dict) -> dict[str, Any]:
@@ -40,6 +41,15 @@ def build_supernet(info: Any, num_joints: int, where: str) -> nn.Module:
         if not isinstance(net, dict):
             raise PosenasError(f"{where}: field 'supernet'.net: expected the searched network's JSON object")
         return AutoPoseSupernet(AutoPoseSpace.from_json(net, f"{where}: field 'supernet'.net"), num_joints)
+    if info["space"] == "3m-pose":
+        net = info.get("net")
+        if not isinstance(net, dict):
+            raise PosenasError(f"{where}: field 'supernet'.net: expected the fabric's JSON object")
+        try:
+            return ThreeMSupernet(ThreeMSpace.from_json(net, f"{where}: field 'supernet'.net"), num_joints,
+                                  info.get("sampling", "dyn-egs"), info.get("r_alpha", 2), info.get("r_beta", 3))
+        except TypeError:
+            raise PosenasError(f"{where}: field 'supernet': sampling, r_alpha, r_beta have the wrong types") from None
     if info["space"] == "efficientpose":
         if info.get("setting") not in SETTINGS:
             raise PosenasError(f"{where}: field 'supernet'.setting: expected one of {', '.join(SETTINGS)}")
@@ -56,6 +66,13 @@ def subnet_state(supernet: nn.Module, arch: Any, where: str) -> dict[str, torch.
             raise PosenasError(f"{where}: cannot inherit weights: an autopose supernet holds autopose archs only")
         try:
             return derived_state_dict(supernet, arch, supernet.num_joints)
+        except PosenasError as e:
+            raise PosenasError(f"{where}: {e}") from None
+    if isinstance(supernet, ThreeMSupernet):
+        if not isinstance(arch, ThreeMArch):
+            raise PosenasError(f"{where}: cannot inherit weights: a 3m-pose supernet holds 3m-pose archs only")
+        try:
+            return threem_state_dict(supernet, arch)
         except PosenasError as e:
             raise PosenasError(f"{where}: {e}") from None
     if isinstance(supernet, EfficientPoseSupernet):

@@ -566,6 +566,60 @@ class ThreeMSupernet(_Fabric):
         return s.ops[i], s.active_ops[i], s.inputs[i], s.active_inputs[i]
 
 
+class CostTable(NamedTuple):
+    """MACs at one input size (batch 1) of what a sub-net may select, for the FLOP loss:
+    ``fixed`` (stem, every cell's 1x1 reduce, Fuse-Split, the last exit's head: paid by every
+    sub-net), per cell, edge and op the op's MACs, per cell and input its resampling's."""
+
+    fixed: float
+    ops: torch.Tensor
+    inputs: torch.Tensor
+
+    def macs(self, sampled: Sampled) -> torch.Tensor:
+        """The sampled sub-net's static-inference MACs (every cell counted, none pruned):
+        differentiable in the weights, exact for 0/1 weights."""
+        w_ops, w_in = sampled.ops.float(), sampled.inputs.float().nan_to_num(0.0)
+        return self.fixed + (w_ops * self.ops).sum() + (w_in * self.inputs).sum()
+
+
+@torch.no_grad()
+def cost_table(supernet: ThreeMSupernet, input_size: tuple[int, int]) -> CostTable:
+    """Measure every op and resampling at its real shape (:func:`posenas.cost.module_macs`, the
+    project's MACs convention); ``fixed`` is the static-inference MACs of the derived selection
+    minus its selected parts, so ``macs`` of any 0/1 sampling equals count_macs of that net."""
+    from posenas.cost import count_macs, module_macs
+
+    sizes = supernet.begin(torch.zeros(1, 3, *input_size, device=supernet.alpha.device)).sizes
+    widths = supernet.net.widths()
+    ops = torch.zeros_like(supernet.alpha)
+    inputs = torch.zeros_like(supernet.beta)
+    for i, (layer, k) in enumerate(supernet.positions):
+        key, c = f"{layer}_{k}", widths[k]
+        x = supernet.alpha.new_zeros(1, c, *sizes[k])
+        for e, mixed in enumerate(supernet.cells[key].mixed):
+            for o, op in mixed.ops.items():
+                ops[i, e, int(o)] = module_macs(op, x)
+        mix = supernet.mix[key]
+        if mix.down is not None:
+            inputs[i, 0] = module_macs(mix.down, supernet.alpha.new_zeros(1, widths[k - 1], *sizes[k - 1]))
+        if mix.up is not None:
+            inputs[i, 2] = module_macs(mix.up, supernet.alpha.new_zeros(1, widths[k + 1], *sizes[k]))
+    total = count_macs(supernet, input_size)[0]  # eval mode: the derived selection
+    chosen = supernet.sample(noise=False)
+    fixed = total - float((chosen.ops * ops).sum() + (chosen.inputs * inputs).sum())
+    return CostTable(fixed, ops, inputs)
+
+
+def derived_state_dict(supernet: ThreeMSupernet, arch: ThreeMArch) -> dict[str, torch.Tensor]:
+    """The derived network's weights taken from the supernet (the same module names: the derived
+    net is the supernet with only the selected ops and inputs and the kept cells)."""
+    if arch.net != supernet.net:
+        raise PosenasError(f"cannot inherit weights: the arch's fabric {arch.net.to_json()} is not this supernet's "
+                           f"{supernet.net.to_json()}")
+    own = supernet.state_dict()
+    return {k: own[k].detach().clone() for k in ThreeMNet(arch, supernet.num_joints).state_dict()}
+
+
 def build_threem(arch: ThreeMArch, num_joints: int) -> ThreeMNet:
     """The registry's build function (:data:`posenas.arch.ARCH_SPACES`)."""
     return ThreeMNet(arch, num_joints)
