@@ -82,6 +82,10 @@ def cmd_data_show(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- eval
 def cmd_eval(args: argparse.Namespace) -> int:
+    if args.thresholds is not None and not args.dynamic:
+        raise PosenasError("eval: --thresholds sets dynamic inference's early exits; add --dynamic")
+    if args.dynamic and not args.checkpoint:
+        raise PosenasError("eval --dynamic: runs a multi-exit checkpoint; give --checkpoint CKPT --data DIR")
     if args.oracle:
         from posenas.data.layout import load_dataset
         from posenas.engine.oracle import evaluate_oracle
@@ -107,6 +111,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if not args.data:
             raise PosenasError("eval --checkpoint: --data DIR is required")
         out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent / f"eval-{args.split or 'val'}"
+        if args.dynamic:
+            from posenas.engine.dynamic import evaluate_checkpoint_dynamic
+
+            if args.runtime != "torch":
+                raise PosenasError("eval --dynamic: runs the PyTorch checkpoint between its exits; drop --runtime onnx")
+            if args.boxes:
+                raise PosenasError("a bottom-up model finds every person in whole images and takes no person boxes; "
+                                   "drop --boxes")
+            report = evaluate_checkpoint_dynamic(
+                args.checkpoint, args.data, out, split=args.split, thresholds=args.thresholds,
+                flip_test=args.flip_test, headboxes=args.headboxes, metric=args.metric, device=args.device,
+                progress=not args.json)
+            print(json.dumps({k: v for k, v in report.items() if k != "table"}) if args.json
+                  else f"{report['table']}\nwritten to {out / 'dynamic.json'}")
+            return 0
         metric, result, table, _ = evaluate_checkpoint(
             args.checkpoint, args.data, out, split=args.split, flip_test=args.flip_test, boxes=args.boxes,
             headboxes=args.headboxes, metric=args.metric, device=args.device, runtime=args.runtime,
@@ -256,6 +275,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     diffs = ", ".join(f"{k} {v:.2e}" for k, v in report["max_abs_diff"].items())
     print(f"wrote {args.onnx} ({report['bytes'] / 1e6:.1f} MB, opset {report['opset']}); "
           f"parity with PyTorch, max abs heatmap difference: {diffs}")
+    for entry in report.get("exits", []):  # a multi-exit model: one file per early exit
+        diffs = ", ".join(f"{k} {v:.2e}" for k, v in entry["max_abs_diff"].items())
+        print(f"wrote {entry['path']} (early exit {entry['exit'] + 1}, layer {entry['layer']}, "
+              f"{entry['bytes'] / 1e6:.1f} MB); parity with PyTorch, max abs heatmap difference: {diffs}")
     return 0
 
 
@@ -315,10 +338,17 @@ def cmd_profile(args: argparse.Namespace) -> int:
 def cmd_infer(args: argparse.Namespace) -> int:
     from posenas.infer import run_inference
 
+    if args.thresholds is not None and not args.dynamic:
+        raise PosenasError("infer: --thresholds sets dynamic inference's early exits; add --dynamic")
     results = run_inference(args.checkpoint, args.inputs, args.out, boxes=args.boxes, flip_test=not args.no_flip,
                             min_score=args.min_score, device=args.device, runtime=args.runtime,
-                            joint_scores=args.scores)
+                            joint_scores=args.scores, dynamic=args.dynamic, thresholds=args.thresholds)
     print(f"{len(results)} person(s) in {len(set(r['image'] for r in results))} image(s); drawings and predictions.json in {args.out}")
+    if args.dynamic:
+        exits = json.loads((Path(args.out) / "predictions.json").read_text())["dynamic"]
+        views = "views (each image and its mirrored copy)" if not args.no_flip else "images"
+        print(f"dynamic inference, {views} leaving at each exit: "
+              + ", ".join(f"layer {layer}: {count}" for layer, count in zip(exits["layers"], exits["counts"])))
     return 0
 
 
@@ -446,6 +476,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "score the result (the AP ceiling of that codec and input size)")
     e.add_argument("--input", type=_dims("HEIGHTxWIDTH such as 256x192"),
                    help="model input size for --oracle (default 256x192 top-down, 512x512 bottom-up)")
+    e.add_argument("--dynamic", action="store_true",
+                   help="multi-exit (3M-Pose) checkpoint: dynamic inference, each image leaving at the first "
+                        "early exit it passes, beside every exit alone (the thesis' Table 4.3); writes "
+                        "dynamic.json, dynamic.txt and dynamic_predictions.json into --out")
+    e.add_argument("--thresholds", type=float, nargs="+", metavar="T",
+                   help="--dynamic: confidence threshold per early exit (inf: never exit there; default: the "
+                        "thesis' 1 and 0.6)")
     e.set_defaults(func=cmd_eval)
 
     q = sub.add_parser("profile", help="parameters, MACs and measured latency of a model")
@@ -481,6 +518,12 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--device", default="auto")
     i.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
                    help="onnx: --checkpoint is a file made by `posenas export`")
+    i.add_argument("--dynamic", action="store_true",
+                   help="multi-exit (3M-Pose) checkpoint: dynamic inference (each image leaves at the first early "
+                        "exit it passes); prints how many left at each exit")
+    i.add_argument("--thresholds", type=float, nargs="+", metavar="T",
+                   help="--dynamic: confidence threshold per early exit (inf: never exit there; default: the "
+                        "thesis' 1 and 0.6)")
     i.set_defaults(func=cmd_infer)
 
     x = sub.add_parser("export", help="export a checkpoint to ONNX, checked against PyTorch")

@@ -81,10 +81,41 @@ def onnx_bytes(model: torch.nn.Module, input_size: tuple[int, int], *, opset: in
     return proto.SerializeToString()
 
 
+def _check_parity(model: torch.nn.Module, data: bytes, inputs: dict[str, torch.Tensor], where: str) -> dict:
+    """Max abs heatmap difference of ONNX Runtime against ``model`` per input; PosenasError past the tolerance."""
+    session = ort_session(data)
+    report, limits = {}, {}
+    with torch.no_grad():
+        for name, x in inputs.items():
+            ours = [o.numpy() for o in as_outputs(model(x))]
+            theirs = session.run(None, {"image": x.numpy()})
+            report[name] = max(float(np.abs(a - b).max()) for a, b in zip(ours, theirs))
+            limits[name] = PARITY_TOLERANCE * max(float(np.abs(a).max()) for a in ours)
+    worst = max(report, key=lambda k: report[k] - limits[k])
+    if report[worst] > limits[worst]:
+        raise PosenasError(
+            f"{where}: ONNX parity failed on the {worst} input: max abs heatmap difference "
+            f"{report[worst]:.3g} > {limits[worst]:.3g} ({PARITY_TOLERANCE:g} x the heatmaps' peak); nothing written"
+        )
+    return report
+
+
+def exit_path(out: str | Path, exit_number: int) -> Path:
+    """Where early exit ``exit_number`` (1-based) of a multi-exit model is exported beside ``out``: NAME.exitN.onnx."""
+    out = Path(out)
+    stem = out.name[: -len(".onnx")] if out.name.endswith(".onnx") else out.name
+    return out.with_name(f"{stem}.exit{exit_number}.onnx")
+
+
 def export_onnx(checkpoint: str | Path, out: str | Path, *, opset: int = 18, dynamic_batch: bool = False,
                 rewrite: bool = True) -> dict:
     """Export (the rewritten graph unless ``rewrite`` is False), check parity against the original
-    PyTorch model, then write ``out``; returns the parity report."""
+    PyTorch model, then write ``out``; returns the parity report.
+
+    A multi-exit model (``exit_count`` > 1, 3M-Pose with EELs) also gets one file per early exit
+    beside ``out`` (:func:`exit_path`: NAME.exit1.onnx, ...), each that exit alone
+    (:class:`~posenas.spaces.threem.ExitModel`, metadata ``exit`` and ``exit_layer``) and checked
+    the same way; nothing is written unless every one passes. The report's ``exits`` lists them."""
     loaded = model_from_checkpoint(checkpoint)
     model = loaded.model.eval()
     h, w = loaded.codec.input_size
@@ -97,24 +128,29 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, opset: int = 18, dyn
     }
     data = onnx_bytes(model, (h, w), opset=opset, dynamic_batch=dynamic_batch, metadata=meta, where=str(checkpoint),
                       rewrite=rewrite)
-    session = ort_session(data)
     generator = torch.Generator().manual_seed(0)
     inputs = {"random": torch.randn(1, 3, h, w, generator=generator), "real": real_input((h, w))}
     if dynamic_batch:
         inputs["random batch of 3"] = torch.randn(3, 3, h, w, generator=generator)
-    report, limits = {}, {}
-    with torch.no_grad():
-        for name, x in inputs.items():
-            ours = [o.numpy() for o in as_outputs(model(x))]
-            theirs = session.run(None, {"image": x.numpy()})
-            report[name] = max(float(np.abs(a - b).max()) for a, b in zip(ours, theirs))
-            limits[name] = PARITY_TOLERANCE * max(float(np.abs(a).max()) for a in ours)
-    worst = max(report, key=lambda k: report[k] - limits[k])
-    if report[worst] > limits[worst]:
-        raise PosenasError(
-            f"{checkpoint}: ONNX parity failed on the {worst} input: max abs heatmap difference "
-            f"{report[worst]:.3g} > {limits[worst]:.3g} ({PARITY_TOLERANCE:g} x the heatmaps' peak); nothing written"
-        )
+    report = _check_parity(model, data, inputs, str(checkpoint))
+    exits = []
+    count = getattr(model, "exit_count", 1)
+    if isinstance(count, int) and count > 1 and hasattr(model, "advance"):
+        from posenas.engine.dynamic import exit_layers
+        from posenas.spaces.threem import ExitModel
+
+        layers = exit_layers(model)
+        for e in range(count - 1):
+            path = exit_path(out, e + 1)
+            exit_model = ExitModel(model, e).eval()
+            exit_meta = {**meta, "exit": json.dumps(e), "exit_layer": json.dumps(layers[e])}
+            where = f"{checkpoint} (early exit {e + 1}, layer {layers[e]})"
+            exit_data = onnx_bytes(exit_model, (h, w), opset=opset, dynamic_batch=dynamic_batch, metadata=exit_meta,
+                                   where=where, rewrite=rewrite)
+            exits.append({"path": str(path), "exit": e, "layer": layers[e], "data": exit_data,
+                          "bytes": len(exit_data), "max_abs_diff": _check_parity(exit_model, exit_data, inputs, where)})
     write_bytes(out, data)
+    for entry in exits:
+        write_bytes(entry["path"], entry.pop("data"))
     return {"max_abs_diff": report, "opset": opset, "dynamic_batch": dynamic_batch, "bytes": len(data),
-            "rewrite": rewrite}
+            "rewrite": rewrite, **({"exits": exits} if exits else {})}

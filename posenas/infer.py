@@ -67,11 +67,26 @@ def run_inference(
     runtime: str = "torch",
     progress: bool = True,
     joint_scores: bool = False,
+    dynamic: bool = False,
+    thresholds: list[float] | None = None,
 ) -> list[dict]:
     """Predict every person box (a top-down model without boxes: the whole image is one box; a
-    bottom-up model finds every person in each image and takes no boxes); returns the JSON records."""
+    bottom-up model finds every person in each image and takes no boxes); returns the JSON records.
+
+    ``dynamic``: a multi-exit checkpoint runs with dynamic inference
+    (:class:`posenas.engine.dynamic.DynamicExits`, ``thresholds`` one per early exit);
+    predictions.json then also holds ``dynamic``: the exits' ``layers`` and how many images
+    (views: with the flip test each mirrored copy picks its own exit) left at each (``counts``)."""
     paths = image_inputs(inputs)  # the inputs first: a wrong path fails before the model loads
+    if dynamic and runtime != "torch":
+        raise PosenasError("infer --dynamic: runs the PyTorch checkpoint between its exits; drop --runtime onnx")
     loaded = load_model(checkpoint, runtime)
+    model = loaded.model
+    if dynamic:
+        from posenas.engine.dynamic import DynamicExits, require_exits
+
+        require_exits(model, str(checkpoint))
+        model = DynamicExits(model, thresholds, detection_threshold=getattr(loaded.codec, "detection_threshold", 0.1))
     # Decode every input before writing anything (a bad image fails with no output); keep
     # only the sizes, so a long folder of frames does not sit in memory.
     sizes = [read_image(p).shape[:2] for p in paths]
@@ -86,7 +101,7 @@ def run_inference(
     else:  # bottom-up: every person of the whole image, no boxes
         detections = None
     dev = resolve_device(device) if runtime == "torch" else torch.device("cpu")
-    preds = task.predict(loaded.model.to(dev), dataset, loaded.codec, dev, boxes=detections,
+    preds = task.predict(model.to(dev), dataset, loaded.codec, dev, boxes=detections,
                          flip_test=flip_test, progress=progress)
     out = Path(out)
     grouped = by_image(preds)
@@ -102,6 +117,11 @@ def run_inference(
                 "keypoints": [[round(float(v), 2) for v in row] for row in p.keypoints],
             })
         write_bytes(out / f"{i:05d}_{path.stem}.jpg", encode_jpeg(canvas))
+    extra = {}
+    if dynamic:
+        from posenas.engine.dynamic import exit_layers
+
+        extra["dynamic"] = {"layers": exit_layers(model.net), "counts": list(model.counts), "flip_test": flip_test}
     write_json(out / "predictions.json", {"schema": loaded.schema.name, "joints": list(loaded.schema.joints),
-                                          "predictions": results}, indent=1)
+                                          "predictions": results, **extra}, indent=1)
     return results

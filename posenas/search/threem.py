@@ -42,6 +42,7 @@ Run directory::
 from __future__ import annotations
 
 import os
+import random
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -200,6 +201,7 @@ class ThreeMObjective(FirstOrderObjective):
         self.arch = starting_arch(cfg.supernet.net())  # bottom-up: the loop picks the bottom-up task by it
         self.teacher = None
         self.last: dict[str, float] = {}
+        self.step_now = self.forwards = 0
 
     def build(self, num_joints: int) -> nn.Module:
         return self.cfg.supernet.build(num_joints)
@@ -232,7 +234,12 @@ class ThreeMObjective(FirstOrderObjective):
         return self.cfg.search.arch_lr * 0.5**drops
 
     def forward(self, model: nn.Module, images: torch.Tensor) -> Any:
-        """The training output; with a teacher, every cell's output is recorded for its loss."""
+        """The training output of a sub-net drawn with noise that is a function of (seed, step,
+        forward of the step): the same on every rank and after a resume. With a teacher, every
+        cell's output is recorded for its loss."""
+        self.forwards += 1
+        key = f"3m-pose-draw:{self.cfg.search.seed}:{self.step_now}:{self.forwards}"
+        model.generator = torch.Generator().manual_seed(random.Random(key).getrandbits(62))
         if self.teacher is None:
             return super().forward(model, images)
         model.cell_outputs = []
@@ -263,7 +270,7 @@ class ThreeMObjective(FirstOrderObjective):
         return self.cfg.search.flop_loss(gmacs, self.step_now / self.steps_per_epoch)
 
     def step(self, model: nn.Module, batch: dict[str, torch.Tensor], step: int, world: World) -> torch.Tensor:
-        self.step_now = step
+        self.step_now, self.forwards = step, 0
         model.tau = self.cfg.supernet.tau(step, self.total)
         for group in self.arch_opt.param_groups:
             group["lr"] = self.arch_lr_at(step)

@@ -431,6 +431,7 @@ class ExitModel(nn.Module):
     def __init__(self, net: _Fabric, exit_index: int):
         super().__init__()
         self.net, self.exit_index, self.stride = net, exit_index, 4
+        self.train(net.training)  # a new module is in train mode; the wrapped net's mode is its own
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         state = self.net.begin(x)
@@ -465,8 +466,22 @@ def _top_masks(y: torch.Tensor, counts: int) -> tuple[torch.Tensor, torch.Tensor
     return masks, order
 
 
-def dyn_egs(logits: torch.Tensor, count_logits: torch.Tensor, tau: float,
-            noise: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def gumbel_softmax(logits: torch.Tensor, tau: float, hard: bool = False,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """Eq. 3.5 with the noise from ``generator`` (so a draw is a function of the run's seed and
+    step: the same on every torchrun rank and after a resume); ``hard``: one-hot forward,
+    soft gradient (straight-through). Entries at -inf get probability 0."""
+    u = torch.rand(logits.shape, generator=generator, device="cpu").to(logits.device)
+    g = -torch.log((-torch.log(u.clamp_min(1e-20))).clamp_min(1e-20))
+    y = torch.softmax((logits + g) / tau, dim=-1)
+    if not hard:
+        return y
+    one_hot = F.one_hot(y.argmax(-1), y.shape[-1]).to(y.dtype)
+    return one_hot - y.detach() + y
+
+
+def dyn_egs(logits: torch.Tensor, count_logits: torch.Tensor, tau: float, noise: bool = True,
+            generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Dynamic Ensemble Gumbel-Softmax (Sec. 3.3): a count i is drawn from ``count_logits``
     (hard Gumbel-softmax, straight-through), the top-i entries of the Gumbel-softmax sample of
     ``logits`` get weight 1 and the others 0. Forward: that 0/1 mask; backward: through the
@@ -475,8 +490,8 @@ def dyn_egs(logits: torch.Tensor, count_logits: torch.Tensor, tau: float,
     derived selection). Entries at -inf are never kept. Returns the weights and the indices of
     the top-R entries (R = the largest count): what must run for every count's gradient."""
     if noise:
-        y = F.gumbel_softmax(logits, tau=tau, dim=-1)
-        theta = F.gumbel_softmax(count_logits, tau=tau, hard=True, dim=-1)
+        y = gumbel_softmax(logits, tau, generator=generator)
+        theta = gumbel_softmax(count_logits, tau, hard=True, generator=generator)
     else:
         y = torch.softmax(logits, dim=-1)
         theta = F.one_hot(count_logits.argmax(-1), count_logits.shape[-1]).to(logits.dtype)
@@ -510,6 +525,9 @@ class ThreeMSupernet(_Fabric):
             self.m_alpha = nn.Parameter(torch.zeros(n, e, r_alpha))
             self.m_beta = nn.Parameter(torch.zeros(n, r_beta))
         self.sampled: Sampled | None = None
+        #: where the training forwards' Gumbel noise comes from (the search sets one per forward;
+        #: None: torch's global generator)
+        self.generator: torch.Generator | None = None
 
     def arch_parameters(self) -> list[nn.Parameter]:
         return [self.alpha, self.beta] + ([self.m_alpha, self.m_beta] if self.sampling == "dyn-egs" else [])
@@ -522,11 +540,11 @@ class ThreeMSupernet(_Fabric):
         beta = self._beta_logits()
         if self.sampling == "dyn-egs":
             m_beta = self.m_beta.masked_fill(~self.count_mask, float("-inf"))
-            w_ops, top_ops = dyn_egs(self.alpha, self.m_alpha, self.tau, noise)
-            w_in, top_in = dyn_egs(beta, m_beta, self.tau, noise)
+            w_ops, top_ops = dyn_egs(self.alpha, self.m_alpha, self.tau, noise, self.generator)
+            w_in, top_in = dyn_egs(beta, m_beta, self.tau, noise, self.generator)
         elif noise:
-            w_ops = F.gumbel_softmax(self.alpha, tau=self.tau, dim=-1)
-            w_in = F.gumbel_softmax(beta, tau=self.tau, dim=-1)
+            w_ops = gumbel_softmax(self.alpha, self.tau, generator=self.generator)
+            w_in = gumbel_softmax(beta, self.tau, generator=self.generator)
         else:
             w_ops = F.one_hot(self.alpha.argmax(-1), len(OPS)).to(self.alpha.dtype)
             w_in = F.one_hot(beta.argmax(-1), len(INPUTS)).to(self.beta.dtype)
