@@ -43,10 +43,11 @@ def config_class(name: str) -> type:
 def test_every_method_has_paper_configs_and_example_archs():
     assert set(PAPER) >= {"vipnas/paper-resnet.yaml", "vipnas/paper-mobilenetv3.yaml",
                           "efficientpose/paper-small.yaml", "efficientpose/paper-large.yaml",
-                          "pnfs/paper-mpii.yaml", "pnfs/paper-coco.yaml",
+                          "pnfs/paper-mpii.yaml", "pnfs/paper-coco.yaml", "autopose/paper-coco.yaml",
+                          "bottomup/paper-higherhrnet-w32.yaml", "3m-pose/paper-coco.yaml",
                           "baselines/paper-simplebaseline-resnet50.yaml"}
     spaces = {load_arch_file(SHIPPED_ROOT / name).space for name in ARCHS}
-    assert spaces == {"vipnas-resnet", "vipnas-mobilenetv3", "efficientpose", "pnfs"}
+    assert spaces == {"vipnas-resnet", "vipnas-mobilenetv3", "efficientpose", "pnfs", "3m-pose"}
     settings = {load_arch_file(SHIPPED_ROOT / n).setting for n in ARCHS if n.startswith("efficientpose/")}
     assert settings == {"small", "large"}
     # the repository's configs/ is the package's tree, so README paths work from the root
@@ -197,6 +198,8 @@ def tiny_overrides(name: str, root: Path) -> list[str]:
                 "supernet.individual_nodes=2", "search.iterations=1",
                 "search.controller_start_epoch=0", "search.controller_steps=1", "search.reward_images=1",
                 "search.derive_samples=1"]
+    elif space == "3m-pose":  # the whole fabric and every op at a few channels (the CPU cost is the width)
+        out += ["supernet.channels=4", "supernet.stem_channels=8"]
     elif space == "efficientpose":  # a MACs table (GPU latency needs CUDA), alpha steps from step 0
         out += ["search.cost=macs", "search.warmup_epochs=0", f"search.table_cache={root.parent / 'tables'}"]
     return out
@@ -234,4 +237,5 @@ def test_shipped_arch_builds_profiles_and_runs(name, one_thread):
     assert result.params == sum(p.numel() for p in model.parameters()) > 0.5e6 and result.macs > 1e7
     with torch.no_grad():
         out = model(torch.randn(1, 3, 128, 96))
-    assert out.shape == (1, joints, 32, 24) and torch.isfinite(out).all()
+    channels = 2 * joints if getattr(arch, "bottom_up", False) else joints  # bottom-up: heatmaps + tags
+    assert out.shape == (1, channels, 32, 24) and torch.isfinite(out).all()

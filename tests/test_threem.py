@@ -230,3 +230,18 @@ def test_gumbel_baseline_derives_one_op_and_one_input():
     assert all(len(edge) == len(OPS) for cell in s.active_ops for edge in cell)  # dense supernet
     arch = supernet.derive(prune=False)
     assert all(len(c.inputs) == 1 and all(len(o) == 1 for o in c.ops) for c in arch.cells)
+
+
+def test_the_thesis_architecture_of_table_a1_costs_what_the_thesis_reports():
+    """configs/3m-pose/thesis-a1.json is Table A.1 (cells numbered layer by layer, "above" the finer
+    row). Published at 512: 16.63 GFLOPs at the last layer (Tables 4.1, 4.3), 17.79 M params; at
+    640: 25.98. Measured here: 16.656 and 26.025 GMACs (0.2 % off), 18.60 M params (4.5 % more)."""
+    from posenas.arch import load_arch_file
+    from posenas.cost import count_params
+    from posenas.resources import resolve_config
+
+    arch = load_arch_file(resolve_config("3m-pose/thesis-a1", "arch"))
+    assert sum(c is None for c in arch.cells) == 1 and arch.cells[2] is None  # Table A.1's cell 2 is "-"
+    model = build_model(arch, 17)
+    assert count_macs(model, (512, 512))[0] / 1e9 == pytest.approx(16.63, rel=0.01)
+    assert count_params(model) / 1e6 == pytest.approx(17.79, rel=0.06)
