@@ -290,6 +290,18 @@ def test_evolution_breeds_from_the_best_scored_parents(monkeypatch):
     assert parents_used and set(parents_used) <= best, "a child was bred from a parent outside the best two"
 
 
+def test_evolution_falls_back_to_a_random_child_when_breeding_finds_nothing_new(monkeypatch):
+    """Parents whose every mutation and crossover is already seen (here: the parent itself) used to
+    stop the search with "found no new sub-net"; the child is then a fresh random sub-net."""
+    monkeypatch.setattr(strategies, "MAX_TRIES", 20)
+    monkeypatch.setattr(strategies, "mutate_arch", lambda arch, *args: arch)
+    monkeypatch.setattr(strategies, "crossover_arch", lambda a, b, *args: a)
+    evaluate = lambda arch, name, index: {"score": random.Random(arch_key(arch)).random(), "_arch": arch}  # noqa: E731
+    records = evolution_search(SPACE, CHOICES, 8, 0, lambda a: True, evaluate, population=4, parents=2,
+                               mutate_prob=0.5)
+    assert len(records) == 8 and len({arch_key(r["_arch"]) for r in records}) == 8
+
+
 # ---------------------------------------------------------------- 4. PNFS beta: softmax over each cell's inputs
 
 def test_fabric_beta_is_normalised_over_each_cells_inputs():

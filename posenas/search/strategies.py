@@ -18,7 +18,9 @@ the same candidates in the same order whatever the number of processes.
 - random (ViPNAS 3.4.1): ``k`` independent sub-nets within the budget; keep the best.
 - evolution (as in Once-for-All): a random first generation of ``population``; then
   each generation keeps the best ``parents`` and breeds the rest, half by mutation
-  (each stage re-drawn with ``mutate_prob``) and half by crossover of two parents.
+  (each stage re-drawn with ``mutate_prob``) and half by crossover of two parents; a child
+  that cannot be bred new within the budget (the parents' neighbourhood used up) is a fresh
+  random sub-net instead.
 """
 
 from __future__ import annotations
@@ -42,13 +44,17 @@ def check_budget(space_name: str, choices: Choices, fits: Callable[[ViPNASArch],
                            "max_gmacs / max_latency_ms or restrict the choices to smaller values")
 
 
-def _feasible(draw: Callable[[], ViPNASArch], fits: Callable[[ViPNASArch], bool], seen: set[str]) -> ViPNASArch:
-    """A new sub-net within the budget; it is added to ``seen``."""
-    for _ in range(MAX_TRIES):
-        arch = draw()
-        if arch_key(arch) not in seen and fits(arch):
-            seen.add(arch_key(arch))
-            return arch
+def _feasible(draw: Callable[[], ViPNASArch], fits: Callable[[ViPNASArch], bool], seen: set[str],
+              fallback: Callable[[], ViPNASArch] | None = None) -> ViPNASArch:
+    """A new sub-net within the budget; it is added to ``seen``. If ``draw`` finds none in
+    MAX_TRIES (an evolution whose parents' neighbourhood within the budget is used up),
+    ``fallback`` (a fresh random sub-net) is drawn instead."""
+    for source in (draw, fallback) if fallback is not None else (draw,):
+        for _ in range(MAX_TRIES):
+            arch = source()
+            if arch_key(arch) not in seen and fits(arch):
+                seen.add(arch_key(arch))
+                return arch
     raise PosenasError(f"config.search: found no new sub-net within the budget in {MAX_TRIES} draws")
 
 
@@ -106,7 +112,7 @@ def evolution_search(space_name: str, choices: Choices, k: int, seed: int, fits,
                     draw = lambda: mutate_arch(rng.choice(archs), choices, rng, mutate_prob)  # noqa: E731
                 else:
                     draw = lambda: crossover_arch(*rng.sample(archs, 2), rng)  # noqa: E731
-                out.append(_feasible(draw, fits, seen))
+                out.append(_feasible(draw, fits, seen, lambda: sample_arch(space_name, choices, rng)))
             return out
 
         kids = score(share(children), "evolution", len(records))
