@@ -181,9 +181,9 @@ class ScaleInput(nn.Module):
         self.up = nn.Conv2d(channels * 2, channels, 1, bias=False) if 2 in used else None
 
     def forward(self, finer: torch.Tensor | None, same: torch.Tensor | None, coarser: torch.Tensor | None,
-                beta: torch.Tensor, size: tuple[int, int], active: Sequence[int] | None = None) -> torch.Tensor:
+                beta: torch.Tensor | None, size: tuple[int, int], active: Sequence[int] | None = None) -> torch.Tensor:
         """``size``: this scale's (H, W); ``active``: the candidates (0 finer, 1 same, 2 coarser)
-        to use, None for all."""
+        to use, None for all; ``beta`` None: their plain sum (a derived 3M-Pose cell)."""
         cache: dict[int, torch.Tensor] = {}
 
         def candidate(k: int) -> torch.Tensor:
@@ -198,7 +198,7 @@ class ScaleInput(nn.Module):
 
         out = None
         for k in (range(3) if active is None else active):
-            y = beta[k] * candidate(self.source[k])
+            y = candidate(self.source[k]) if beta is None else beta[k] * candidate(self.source[k])
             out = y if out is None else out + y
         if out is None:
             raise ValueError("no active input")

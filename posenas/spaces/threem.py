@@ -319,6 +319,7 @@ class _Fabric(nn.Module):
         super().__init__()
         self.net, self.num_joints, self.stride = net, num_joints, 4
         self.positions = positions(net)
+        self.index = {p: i for i, p in enumerate(self.positions)}  # (layer, row) -> cell number
         widths = net.widths()
         avail = available_inputs(net)
         self.stem = Stem(net.stem_channels, net.channels)
@@ -405,11 +406,6 @@ class _Fabric(nn.Module):
         outs = self.exits(x)
         return ExitOutputs(outs) if len(outs) > 1 else outs[0]
 
-    @property
-    def index(self) -> dict[tuple[int, int], int]:
-        if not hasattr(self, "_index"):
-            self._index = {p: i for i, p in enumerate(self.positions)}
-        return self._index
 
 
 class ThreeMNet(_Fabric):
@@ -421,7 +417,7 @@ class ThreeMNet(_Fabric):
         self._inputs = {i: [INPUTS.index(n) for n in c.inputs] for i, c in enumerate(arch.cells) if c is not None}
 
     def cell_weights(self, i: int) -> tuple[Any, Any, Any, Any]:
-        return None, None, (1.0, 1.0, 1.0), self._inputs[i]
+        return None, None, None, self._inputs[i]  # no weights: the selected ops and inputs summed
 
 
 class ExitModel(nn.Module):
