@@ -33,16 +33,16 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 from pathlib import Path
 
 import torch
 from equal_budget import budget_config, train_and_evaluate
 from proxy_tier import DATA, SPEC
+from search_methods import mean_std
 
+from posenas.arch import build_model, load_arch_file, named_arch
 from posenas.config import load_config
 from posenas.cost import count_macs
-from posenas.arch import load_arch_file, named_arch, build_model
 from posenas.engine.dynamic import evaluate_checkpoint_dynamic
 from posenas.engine.precision import cpu_flags
 from posenas.jsonio import read_json, write_json
@@ -97,11 +97,6 @@ def dynamic_rows(checkpoint: Path, out: Path, sweep: list[float]) -> dict:
                       "exits": [{k: e.get(k) for k in ("layer", "gmacs", "AP", "APM", "APL")} for e in report["exits"]]}
         write_json(cache, rows, indent=2)
     return rows
-
-
-def mean_std(values: list[float]) -> dict:
-    return {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else None,
-            "n": len(values)}
 
 
 def main() -> None:

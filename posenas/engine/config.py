@@ -159,9 +159,10 @@ class ExperimentConfig:
 
 class TrainingSections:
     """Mixin of the search experiment configs: they hold a run's training sections (data,
-    augment, optim, train) beside their own, and train their supernet with them."""
+    augment, optim, train, and ``bottomup`` for a bottom-up search) beside their own, and
+    train their supernet with them."""
 
     def training(self) -> ExperimentConfig:
         """The training part as a training config (the model comes from the search's objective)."""
         return ExperimentConfig(model=ModelConfig(), data=self.data, augment=self.augment, optim=self.optim,
-                                train=self.train)
+                                train=self.train, bottomup=getattr(self, "bottomup", BottomUpConfig()))

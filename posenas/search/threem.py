@@ -56,7 +56,8 @@ from posenas.cost import count_macs, count_params
 from posenas.data.layout import load_dataset
 from posenas.data.transforms import AugmentConfig
 from posenas.display import heading, retrain_command
-from posenas.engine.config import BottomUpConfig, DataConfig, ExperimentConfig, ModelConfig, OptimConfig, TrainConfig
+from posenas.engine.config import (BottomUpConfig, DataConfig, ExperimentConfig, OptimConfig, TrainConfig,
+                                   TrainingSections)
 from posenas.engine.distributed import World, check_identical
 from posenas.engine.precision import supernet_family
 from posenas.engine.train import interruptible, run_length, train
@@ -156,7 +157,7 @@ class ThreeMSearchConfig:
 
 
 @dataclass(frozen=True)
-class ThreeMExperimentConfig:
+class ThreeMExperimentConfig(TrainingSections):
     supernet: ThreeMSupernetConfig = field(default_factory=ThreeMSupernetConfig)
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -169,11 +170,6 @@ class ThreeMExperimentConfig:
         if self.train.init_from:
             raise PosenasError("config.train.init_from: not supported by the 3M-Pose search (its supernet starts "
                                "from scratch); leave it null")
-
-    def training(self) -> ExperimentConfig:
-        """The training part (whole images, the bottom-up codec and loss weights)."""
-        return ExperimentConfig(model=ModelConfig(), data=self.data, augment=self.augment, optim=self.optim,
-                                train=self.train, bottomup=self.bottomup)
 
 
 def threem_supernet_fields(supernet: ThreeMSupernet) -> dict[str, Any]:
