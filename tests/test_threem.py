@@ -245,3 +245,21 @@ def test_the_thesis_architecture_of_table_a1_costs_what_the_thesis_reports():
     model = build_model(arch, 17)
     assert count_macs(model, (512, 512))[0] / 1e9 == pytest.approx(16.63, rel=0.01)
     assert count_params(model) / 1e6 == pytest.approx(17.79, rel=0.06)
+
+
+def test_every_parameter_of_a_derived_net_is_used_in_training():
+    """DDP (torchrun) refuses a model with parameters the loss does not reach: a Split conv for a
+    row the next layer does not read was one (a derived net builds Split convs for read rows only)."""
+    torch.manual_seed(3)
+    supernet = ThreeMSupernet(small_space(), 17)
+    with torch.no_grad():
+        supernet.beta.normal_()
+        supernet.m_beta.normal_()
+    for _ in range(3):
+        arch = supernet.derive()
+        model = build_threem(arch, 17).train()
+        out = model(torch.randn(2, 3, 64, 64))
+        sum(o.square().mean() for o in out).backward()
+        assert [n for n, p in model.named_parameters() if p.grad is None] == []
+        with torch.no_grad():
+            supernet.beta.normal_()

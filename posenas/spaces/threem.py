@@ -282,16 +282,22 @@ class Fuse(nn.Module):
 
 class Split(nn.Module):
     """Fig. 3.2's Split: the fused features brought back to every row's scale and width by a
-    strided 1x1 conv-BN, to be added to the rows."""
+    strided 1x1 conv-BN, to be added to the rows. ``rows``: the rows the next layer reads (a
+    derived net's other rows are passed on unchanged and get no conv)."""
 
-    def __init__(self, widths: Sequence[int]):
+    def __init__(self, widths: Sequence[int], rows: Sequence[int] | None = None):
         super().__init__()
-        self.convs = nn.ModuleList(ConvBNAct(widths[0], w, 1, 2**k, act=None, padding=0) for k, w in enumerate(widths))
+        keep = range(len(widths)) if rows is None else rows
+        self.convs = nn.ModuleDict({str(k): ConvBNAct(widths[0], widths[k], 1, 2**k, act=None, padding=0)
+                                    for k in sorted(keep)})
 
     def forward(self, fused: torch.Tensor, rows: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         out = []
-        for conv, x in zip(self.convs, rows):
-            y = conv(fused)
+        for k, x in enumerate(rows):
+            if str(k) not in self.convs:
+                out.append(x)
+                continue
+            y = self.convs[str(k)](fused)
             out.append(x + y[..., : x.shape[-2], : x.shape[-1]])
         return out
 
@@ -335,7 +341,8 @@ class _Fabric(nn.Module):
         exit_layers = net.exit_layers
         if net.fuse_split:
             self.fuse = nn.ModuleList(Fuse(widths, with_skip=e > 0) for e in range(len(exit_layers)))
-            self.split = nn.ModuleList(Split(widths) for _ in net.exits)
+            self.split = nn.ModuleList(Split(widths, None if cells is None else self._rows_read(cells, e))
+                                       for e in net.exits)
         else:
             self.fuse = self.split = None
         self.heads = nn.ModuleList(nn.Conv2d(net.channels, 2 * num_joints, 1) for _ in exit_layers)
@@ -347,6 +354,14 @@ class _Fabric(nn.Module):
 
     def cell_weights(self, i: int) -> tuple[Any, Any, Any, Any]:
         raise NotImplementedError
+
+    def _rows_read(self, cells: Sequence[CellArch | None], layer: int) -> list[int]:
+        """The rows of 1-based layer ``layer`` that the next layer's kept cells take as inputs."""
+        read = set()
+        for i, (lyr, k) in enumerate(self.positions):
+            if lyr == layer and cells[i] is not None:
+                read |= {_source(lyr, k, name)[1] for name in cells[i].inputs}
+        return sorted(read)
 
     @property
     def exit_count(self) -> int:
