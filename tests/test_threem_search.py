@@ -165,3 +165,28 @@ def test_two_torchrun_ranks_keep_the_arch_parameters_identical(tmp_path, data_ro
     proc = torchrun("search", "--config", str(cfg), "--out", str(tmp_path / "s"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "s" / "best_arch.json").exists()
+
+
+def test_a_nan_loss_stops_the_search_before_any_step_on_it(tmp_path, data_root, monkeypatch):
+    """The architecture step's loss goes NaN at step 2: the run stops there with the engine's
+    divergence error, and the last checkpoint holds finite architecture parameters."""
+    from posenas.engine import task as task_module
+    from posenas.errors import PosenasError
+
+    real = task_module.masked_heatmap_loss
+    calls = {"n": 0}
+
+    def poisoned(*args):
+        calls["n"] += 1
+        loss = real(*args)
+        return loss * float("nan") if calls["n"] > 8 else loss  # 2 exits x (arch + weight) per step
+
+    monkeypatch.setattr(task_module, "masked_heatmap_loss", poisoned)
+    data = search_cfg(data_root)
+    data["train"]["checkpoint_every"] = 1
+    cfg = from_dict(ThreeMExperimentConfig, data)
+    with pytest.raises(PosenasError, match=r"training diverged: loss is nan"):
+        train(cfg.training(), tmp_path / "run", progress=False, objective=ThreeMObjective(cfg))
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert ckpt["train_state"]["step"] == 2
+    assert all(torch.isfinite(v).all() for k, v in ckpt["state_dict"].items() if k in ("alpha", "beta", "m_alpha", "m_beta"))
