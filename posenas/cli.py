@@ -468,7 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto")
     e.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
                    help="onnx: --checkpoint is a file made by `posenas export`")
-    e.add_argument("--metric", choices=["coco", "pckh"], help="default: pckh for MPII data, coco otherwise")
+    e.add_argument("--metric", choices=["coco", "pckh", "posetrack"], help="default: pckh for MPII data, coco otherwise")
     e.add_argument("--split", help="split of a dataset root (default val)")
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.add_argument("--oracle", choices=["topdown", "bottomup"],

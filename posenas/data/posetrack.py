@@ -7,8 +7,10 @@ release. Image ids follow PoseTrack18's scheme, ``1 VVVVVV FFFF`` (video number,
 index), so that they are unique across the videos of a split; the real files' ``frame_id``
 is that same number, which orders the frames as well. Only frames with ``is_labeled``
 true are evaluated. MMPose's ``posetrack18_<split>.json`` (every video in one file) reads
-the same way, as does any other field the real files carry (``scores``,
-``ignore_regions_x/y``, ``mask_file``, ``has_no_densepose`` ...), which is ignored.
+the same way. ``ignore_regions_x`` / ``ignore_regions_y`` (one list of x and one of y per
+polygon) become :attr:`ImageRecord.ignore_regions`, which PoseTrack mAP uses and
+:func:`to_posetrack_videos` writes back; any other field the real files carry (``scores``,
+``mask_file``, ``has_no_densepose`` ...) is ignored.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from posenas.data.coco import annotation_dict, category, image_dict, parse_coco_like
-from posenas.data.fields import Where, as_flag, as_int, as_str, check_unique
+from posenas.data.fields import Where, as_flag, as_int, as_str, check_unique, is_number
 from posenas.data.records import PoseDataset
 from posenas.errors import PosenasError
 from posenas.jsonio import read_json
@@ -54,10 +58,44 @@ def read_posetrack(path: Path, image_root: Path, first: Any = None) -> PoseDatas
             img.video_id = as_str(str(vid), "vid_id", where)
             img.frame_id = as_int(rec.get("frame_id", i), "frame_id", where)
             img.is_labeled = as_flag(rec.get("is_labeled", True), "is_labeled", where)
+            img.ignore_regions = ignore_regions(rec, where)
         images += vid_images
     check_unique([img.id for img in images], path, "images (all videos)")
     check_unique([p.id for img in images for p in img.people], path, "annotations (all videos)")
     return PoseDataset("posetrack", POSETRACK18, image_root, images, path)
+
+
+def ignore_regions(rec: dict, where: Where) -> list[np.ndarray] | None:
+    """An image's ``ignore_regions_x`` / ``ignore_regions_y`` as ``(N, 2)`` float64 polygons (``None``: neither field).
+
+    Both fields or neither: polygon ``i`` is ``zip(x[i], y[i])``, so the lists must match in
+    length at both levels and hold finite numbers only.
+    """
+    xs, ys = rec.get("ignore_regions_x"), rec.get("ignore_regions_y")
+    if xs is None and ys is None:
+        return None
+    for name, value, other in (("ignore_regions_x", xs, "ignore_regions_y"),
+                               ("ignore_regions_y", ys, "ignore_regions_x")):
+        if value is None:
+            raise where.error(name, f"missing, but {other} is given (one list of coordinates per polygon in each)")
+        if not isinstance(value, list):
+            raise where.error(name, f"expected a list of polygons (lists of numbers), got {type(value).__name__}")
+        for i, poly in enumerate(value):
+            if not isinstance(poly, list):
+                raise where.error(name, f"polygon {i}: expected a list of numbers, got {type(poly).__name__}")
+    if len(xs) != len(ys):
+        raise where.error("ignore_regions_y", f"{len(ys)} polygons, but ignore_regions_x has {len(xs)}")
+    polygons = []
+    for i, (px, py) in enumerate(zip(xs, ys)):
+        if len(px) != len(py):
+            raise where.error("ignore_regions_y",
+                              f"polygon {i}: {len(py)} y values, but ignore_regions_x has {len(px)} x values")
+        for name, values in (("ignore_regions_x", px), ("ignore_regions_y", py)):
+            bad = [v for v in values if not is_number(v) or not np.isfinite(v)]
+            if bad:
+                raise where.error(name, f"polygon {i}: expected finite numbers, found {bad[0]!r}")
+        polygons.append(np.array([px, py], dtype=np.float64).T.reshape(len(px), 2))
+    return polygons
 
 
 def frame_image_id(video_number: int, frame_index: int) -> int:
@@ -72,6 +110,9 @@ def to_posetrack_videos(dataset: PoseDataset) -> dict[str, dict]:
         for img in frames:
             rec = image_dict(img)
             rec.update(vid_id=vid, frame_id=img.frame_id, nframes=len(frames), is_labeled=img.is_labeled)
+            if img.ignore_regions is not None:
+                rec["ignore_regions_x"] = [[float(v) for v in poly[:, 0]] for poly in img.ignore_regions]
+                rec["ignore_regions_y"] = [[float(v) for v in poly[:, 1]] for poly in img.ignore_regions]
             images.append(rec)
         out[vid] = {
             "images": images,

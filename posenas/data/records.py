@@ -94,6 +94,9 @@ class ImageRecord:
     frame_id: int | None = None
     #: PoseTrack frames without annotations say ``is_labeled: false``; evaluation skips them.
     is_labeled: bool = True
+    #: PoseTrack18's ``ignore_regions_x/y``: polygons, each ``(N, 2)`` float ``x, y`` in pixels, where
+    #: people are not annotated; PoseTrack mAP drops joints inside them. ``None``: the file has none.
+    ignore_regions: list[np.ndarray] | None = None
 
 
 @dataclass

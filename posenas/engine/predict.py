@@ -24,7 +24,8 @@ from posenas.evaluation import default_metric, evaluate_records
 
 
 #: The number that ranks models, per metric: its path in the result dict and its name.
-PRIMARY_METRIC = {"coco": (("AP",), "AP"), "pckh": (("PCKh@0.5", "mean"), "PCKh@0.5 mean")}
+PRIMARY_METRIC = {"coco": (("AP",), "AP"), "pckh": (("PCKh@0.5", "mean"), "PCKh@0.5 mean"),
+                  "posetrack": (("Total",), "PoseTrack mAP")}
 
 
 def primary_value(metric: str, result: dict) -> float:
@@ -153,13 +154,13 @@ def predict_dataset(
 
 
 def prediction_records(preds: list[InstancePrediction], metric: str) -> list[dict]:
-    """The predictions file of a metric: COCO results for ``coco``, PCKh records for ``pckh``.
+    """The predictions file of a metric: PCKh records for ``pckh``, COCO results otherwise (``coco``, ``posetrack``).
 
     Coordinates are in the frame of the predicted dataset's annotation files (MPII:
     MATLAB 1-based, as the official toolkit and MMPose compare), so ``posenas eval --gt
     ... --pred`` on the file gives the numbers of the run that wrote it.
     """
-    return coco_results(preds) if metric == "coco" else pckh_records(preds)
+    return pckh_records(preds) if metric == "pckh" else coco_results(preds)
 
 
 def evaluate_model(

@@ -1,4 +1,4 @@
-"""Evaluation: COCO OKS AP / AR (through pycocotools' COCOeval) and MPII PCKh."""
+"""Evaluation: COCO OKS AP / AR (through pycocotools' COCOeval), MPII PCKh and PoseTrack's per-joint mAP."""
 
 from pathlib import Path
 
@@ -15,10 +15,16 @@ from posenas.evaluation.coco import (
     load_coco_predictions,
 )
 from posenas.evaluation.pckh import PCKH_ROWS, format_pckh_table, load_pckh_predictions, pckh, pckh_predictions
+from posenas.evaluation.posetrack import POSETRACK_COLUMNS, format_posetrack_table, posetrack_joint_ap, posetrack_map
+
+#: Metrics ``score`` / ``evaluate_records`` know; ``posetrack`` takes COCO results, like ``coco``.
+METRICS = ("coco", "pckh", "posetrack")
 
 __all__ = [
     "COCO_METRIC_KEYS",
+    "METRICS",
     "PCKH_ROWS",
+    "POSETRACK_COLUMNS",
     "coco_ground_truth",
     "coco_predictions",
     "default_metric",
@@ -28,10 +34,13 @@ __all__ = [
     "evaluate_coco",
     "format_coco_table",
     "format_pckh_table",
+    "format_posetrack_table",
     "load_coco_predictions",
     "load_pckh_predictions",
     "pckh",
     "pckh_predictions",
+    "posetrack_joint_ap",
+    "posetrack_map",
 ]
 
 
@@ -42,14 +51,17 @@ def default_metric(dataset: PoseDataset) -> str:
 
 def score(dataset: PoseDataset, metric: str, predictions) -> tuple[dict, str]:
     """(result, printable table) for in-memory predictions: a COCO results list for
-    ``coco``, ``{person id: (K, 3) array}`` for ``pckh``."""
+    ``coco`` and ``posetrack``, ``{person id: (K, 3) array}`` for ``pckh``."""
     if metric == "coco":
         stats = evaluate_coco(dataset, predictions)
         return stats, format_coco_table(stats)
     if metric == "pckh":
         result = pckh(dataset, predictions)
         return result, format_pckh_table(result)
-    raise PosenasError(f"unknown metric {metric!r}; allowed: coco, pckh")
+    if metric == "posetrack":
+        result = posetrack_map(dataset, predictions)
+        return result, format_posetrack_table(result)
+    raise PosenasError(f"unknown metric {metric!r}; allowed: {', '.join(METRICS)}")
 
 
 def evaluate_records(dataset: PoseDataset, records: object, metric: str | None = None,
@@ -58,9 +70,9 @@ def evaluate_records(dataset: PoseDataset, records: object, metric: str | None =
     (metric, result dict, printable table). Runs that write a predictions file score it
     through here, so that the file evaluates to exactly the numbers they report."""
     metric = metric or default_metric(dataset)
-    if metric not in ("coco", "pckh"):
-        raise PosenasError(f"unknown metric {metric!r}; allowed: coco, pckh")
-    parse = coco_predictions if metric == "coco" else pckh_predictions
+    if metric not in METRICS:
+        raise PosenasError(f"unknown metric {metric!r}; allowed: {', '.join(METRICS)}")
+    parse = pckh_predictions if metric == "pckh" else coco_predictions
     return (metric, *score(dataset, metric, parse(records, dataset, where)))
 
 
