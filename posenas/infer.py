@@ -11,7 +11,7 @@ import torch
 
 from posenas.runtime import load_model
 from posenas.data.boxes import load_detections
-from posenas.data.images import encode_jpeg, read_image
+from posenas.data.images import IMAGE_SUFFIXES, VIDEO_SUFFIXES, encode_jpeg, read_image
 from posenas.data.records import ImageRecord, PoseDataset
 from posenas.engine.distributed import resolve_device
 from posenas.engine.predict import by_image
@@ -19,10 +19,6 @@ from posenas.engine.task import task_of_codec
 from posenas.errors import PosenasError
 from posenas.jsonio import write_bytes, write_json
 from posenas.visualize import draw_predictions
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-#: Video containers: recognised so that the error says what to do instead of "cannot decode image".
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 
 
 def image_inputs(inputs: list[str | Path]) -> list[Path]:

@@ -9,6 +9,11 @@ import numpy as np
 
 from posenas.errors import PosenasError
 
+#: Image files a folder of frames may hold (``posenas infer``, :mod:`posenas.data.video`).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+#: Video containers :mod:`posenas.data.video` reads with OpenCV.
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
+
 
 class DataError(PosenasError):
     """A bad-input error raised while loading a sample, which keeps its one-line message when
