@@ -30,6 +30,7 @@ from posenas.spaces.efficientpose import EfficientPoseArch, build_efficientpose
 from posenas.spaces.pnfs import PNFSArch, build_pnfs
 from posenas.spaces.threem import ThreeMArch, build_threem
 from posenas.spaces.vipnas import ViPNASMobileNetV3Arch, ViPNASResNetArch, build_vipnas
+from posenas.spaces.vipnas_video import VideoArch, build_video_model
 
 
 class Arch(Protocol):
@@ -58,6 +59,7 @@ ARCH_SPACES: dict[str, ArchSpace] = {
     "autopose": ArchSpace(AutoPoseArch, build_autopose),
     "hrnet": ArchSpace(HRNetArch, build_hrnet),
     "3m-pose": ArchSpace(ThreeMArch, build_threem),
+    "vipnas-video": ArchSpace(VideoArch, build_video_model),
 }
 
 #: Named architectures, as arch JSON.

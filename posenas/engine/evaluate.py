@@ -53,7 +53,7 @@ def evaluate_checkpoint(
             raise PosenasError(f"{boxes}: PCKh scores each GT person and needs the GT boxes; drop --boxes")
         detections = load_detections(boxes, image_ids={img.id for img in dataset.images})
     dev = resolve_device(device) if runtime == "torch" else torch.device("cpu")
-    metric, result, table, preds = task_of_codec(loaded.codec).evaluate(
+    metric, result, table, preds = task_of_codec(loaded.codec, loaded.arch).evaluate(
         loaded.model.to(dev), dataset, loaded.codec, dev, metric, boxes=detections, flip_test=flip_test,
         batch_size=batch_size, workers=workers, progress=progress,
     )

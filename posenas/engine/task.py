@@ -1,4 +1,4 @@
-"""Top-down or bottom-up: what a training run's data, targets, loss and evaluation are.
+"""Top-down, bottom-up or video: what a training run's data, targets, loss and evaluation are.
 
 The training loop (:mod:`posenas.engine.train`) and every objective on it are the same for
 both pipelines; a task object supplies what differs, chosen by the architecture
@@ -8,7 +8,9 @@ both pipelines; a task object supplies what differs, chosen by the architecture
   evaluation on GT boxes (:mod:`posenas.engine.predict`);
 - **bottom-up** — whole images, the associative-embedding codec, masked heatmap MSE at each
   output resolution + pull / push tag losses (HigherHRNet's), evaluation on whole images
-  with no boxes (:mod:`posenas.engine.bottomup`).
+  with no boxes (:mod:`posenas.engine.bottomup`);
+- **video** — top-down crops of tracked people, clips of T + 1 frames, evaluation by
+  propagation along each track (:mod:`posenas.engine.video`).
 
 A batch is a dict of tensors (``image`` always); :meth:`Task.loss` reads the rest.
 """
@@ -193,14 +195,21 @@ def is_bottom_up(arch: Any) -> bool:
 
 
 def task_for(arch: Any, cfg: Any | None = None) -> Task:
-    """The pipeline an architecture trains and evaluates in."""
+    """The pipeline an architecture trains and evaluates in (a video arch: propagation over
+    tracks, :mod:`posenas.engine.video`)."""
+    if getattr(arch, "video", False):
+        from posenas.engine.video import VideoTask
+
+        return VideoTask(arch.period)
     if not is_bottom_up(arch):
         return TOP_DOWN
     return BottomUpTask.from_config(cfg) if cfg is not None else BottomUpTask()
 
 
-def task_of_codec(codec: Any) -> Task:
-    """The pipeline of a loaded checkpoint or ONNX file, by its codec."""
+def task_of_codec(codec: Any, arch: Any = None) -> Task:
+    """The pipeline of a loaded checkpoint or ONNX file, by its codec (and arch: a video model's)."""
+    if getattr(arch, "video", False):
+        return task_for(arch)
     return BottomUpTask() if isinstance(codec, AssociativeEmbeddingCodec) else TOP_DOWN
 
 

@@ -2,7 +2,8 @@
 
 A newcomer looking for a method's search finds it in the module named after the method:
 :mod:`posenas.search.vipnas`, :mod:`posenas.search.efficientpose`, :mod:`posenas.search.pnfs`,
-:mod:`posenas.search.autopose`, :mod:`posenas.search.threem` (3M-Pose).
+:mod:`posenas.search.autopose`, :mod:`posenas.search.threem` (3M-Pose),
+:mod:`posenas.search.vipnas_video` (T-ViPNAS).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 from posenas.errors import PosenasError
-from posenas.search import autopose, efficientpose, pnfs, threem, vipnas
+from posenas.search import autopose, efficientpose, pnfs, threem, vipnas, vipnas_video
 from posenas.spaces.vipnas import SPACES as VIPNAS_SPACES
 
 
@@ -33,6 +34,8 @@ SEARCHES: dict[str, SearchMethod] = {
     "pnfs": SearchMethod(pnfs.PNFSExperimentConfig, pnfs.run_pnfs, pnfs.print_summary),
     "autopose": SearchMethod(autopose.AutoPoseExperimentConfig, autopose.run_autopose, autopose.print_summary),
     "3m-pose": SearchMethod(threem.ThreeMExperimentConfig, threem.run_threem, threem.print_summary),
+    "vipnas-video": SearchMethod(vipnas_video.VideoSearchExperimentConfig, vipnas_video.run_video_search,
+                                 vipnas_video.print_summary),
 }
 
 

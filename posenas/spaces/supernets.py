@@ -18,8 +18,9 @@ from posenas.spaces.autopose import AutoPoseArch, AutoPoseSpace, AutoPoseSuperne
 from posenas.spaces.efficientpose import SETTINGS, EfficientPoseArch, EfficientPoseSupernet, HeadArch
 from posenas.spaces.threem import ThreeMArch, ThreeMSpace, ThreeMSupernet, derived_state_dict as threem_state_dict
 from posenas.spaces.vipnas import SPACES, ViPNASSupernet, parse_choices
+from posenas.spaces.vipnas_video import PropagationModel, VideoArch, build_propagation_model, propagation_state
 
-SUPERNET_SPACES = (*SPACES, "efficientpose", "autopose", "3m-pose")
+SUPERNET_SPACES = (*SPACES, "efficientpose", "autopose", "3m-pose", "vipnas-video")
 
 
 def supernet_fields(space_name: str, supernet_choices_json: dict) -> dict[str, Any]:
@@ -50,6 +51,8 @@ def build_supernet(info: Any, num_joints: int, where: str) -> nn.Module:
                                   info.get("sampling", "dyn-egs"), info.get("r_alpha", 2), info.get("r_beta", 3))
         except TypeError:
             raise PosenasError(f"{where}: field 'supernet': sampling, r_alpha, r_beta have the wrong types") from None
+    if info["space"] == "vipnas-video":
+        return build_propagation_model(info, num_joints, where)
     if info["space"] == "efficientpose":
         if info.get("setting") not in SETTINGS:
             raise PosenasError(f"{where}: field 'supernet'.setting: expected one of {', '.join(SETTINGS)}")
@@ -75,6 +78,10 @@ def subnet_state(supernet: nn.Module, arch: Any, where: str) -> dict[str, torch.
             return threem_state_dict(supernet, arch)
         except PosenasError as e:
             raise PosenasError(f"{where}: {e}") from None
+    if isinstance(supernet, PropagationModel):
+        if not isinstance(arch, VideoArch):
+            raise PosenasError(f"{where}: cannot inherit weights: a vipnas-video supernet holds vipnas-video archs only")
+        return propagation_state(supernet, arch, where)
     if isinstance(supernet, EfficientPoseSupernet):
         if not isinstance(arch, EfficientPoseArch) or arch.setting != supernet.setting or arch.head != supernet.head_arch:
             raise PosenasError(f"{where}: cannot inherit weights: the arch is not a sub-net of this efficientpose "

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any, ClassVar, Iterable, Literal, Sequence
+from typing import Any, Callable, ClassVar, Iterable, Literal, Sequence
 
 import torch
 from torch import nn
@@ -546,11 +546,19 @@ class ViPNASSupernet(nn.Module):
         self.arch = arch
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.run(x)
+
+    def run(self, x: torch.Tensor, after_stage: Callable[[int, torch.Tensor], torch.Tensor] | None = None
+            ) -> torch.Tensor:
+        """The active sub-net's forward; ``after_stage(i, features)`` (stage ``i`` = 1..4) may
+        replace each stage's output (the temporal fusion of :mod:`posenas.spaces.vipnas_video`)."""
         arch, bb = self.arch, self.backbone
         x = bb.pool(bb.stem(x))
-        for s, blocks in zip(arch.stages, bb.stages):
+        for i, (s, blocks) in enumerate(zip(arch.stages, bb.stages), 1):
             for block in blocks[: s.depth]:
                 x = block(x)
+            if after_stage is not None:
+                x = after_stage(i, x)
         for deconv in self.head.deconvs:
             x = deconv(x)
         c = x.shape[1]
