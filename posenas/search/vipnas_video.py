@@ -69,7 +69,8 @@ from posenas.engine.video import first_videos, frame_nets_of, key_net_of, score_
 from posenas.errors import PosenasError
 from posenas.jsonio import JsonlLog, write_json
 from posenas.search.rundir import open_search_dir
-from posenas.spaces.vipnas import SPACES, Choices, ViPNASArch, in_choices, largest_arch, parse_choices
+from posenas.spaces.vipnas import (SPACES, Choices, ViPNASArch, derive, in_choices, largest_arch, parse_choices,
+                                   smallest_arch)
 from posenas.spaces.vipnas_video import (FUSION_OPS, FUSION_STAGES, SPACE, FrameArch, Fusion, PropagationModel,
                                          TemporalSupernet, VideoArch, VideoPoseModel, average_gmacs,
                                          check_fusion_choices, frame_macs, load_active_state, sample_frames,
@@ -500,12 +501,29 @@ def plot_video_pareto(records: list[dict], path: Path, key: dict) -> None:
     plt.close(fig)
 
 
+def check_budget(cfg: VideoSearchExperimentConfig) -> None:
+    """Fail before any training when even the cheapest sequence (smallest sub-nets, no fusion)
+    is over ``search.max_gmacs``."""
+    budget = cfg.search.max_gmacs
+    if budget is None:
+        return
+    s = cfg.supernet
+    size = tuple(cfg.data.input_size)
+    key = count_macs(derive(cfg.key_arch(), 17), size)[0] / 1e9
+    cheapest = frame_macs(FrameArch(smallest_arch(s.spatial, s.parsed_choices()), None), 17, size) / 1e9
+    floor = average_gmacs(key, [cheapest] * s.frames)
+    if floor > budget:
+        raise PosenasError(f"config.search.max_gmacs: {budget} GMACs fits no sequence: the key frame costs {key:.4f} "
+                           f"and the smallest frame net {cheapest:.4f}, {floor:.4f} on average over {s.frames + 1} "
+                           "frames; raise the budget or shrink config.supernet.choices")
+
+
 @interruptible
 def run_video_search(cfg: VideoSearchExperimentConfig, out: str | Path, resume: bool = False,
                      progress: bool = True) -> dict:
     """All three phases; with ``resume`` an interrupted run continues."""
     out = Path(out)
-    cfg.key_arch()  # a bad key arch fails before the run folder is written
+    check_budget(cfg)  # a bad key arch or an impossible budget fails before the run folder is written
     open_search_dir(out, cfg, resume)
     key_state = train_key(cfg, out, progress)
     checkpoint = train_propagation(cfg, out, key_state, progress)
