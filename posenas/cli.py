@@ -335,9 +335,21 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_video(path: str) -> bool:
+    from posenas.data.images import VIDEO_SUFFIXES
+
+    return Path(path).suffix.lower() in VIDEO_SUFFIXES
+
+
 def cmd_infer(args: argparse.Namespace) -> int:
     from posenas.infer import run_inference
 
+    videos = [p for p in args.inputs if _is_video(p)]
+    if videos or args.video:
+        return _infer_videos(args)
+    if args.detector or args.fps:
+        raise PosenasError("infer: --detector and --fps are for video inputs (a video file, or a folder of frames "
+                           "with --video)")
     if args.thresholds is not None and not args.dynamic:
         raise PosenasError("infer: --thresholds sets dynamic inference's early exits; add --dynamic")
     results = run_inference(args.checkpoint, args.inputs, args.out, boxes=args.boxes, flip_test=not args.no_flip,
@@ -349,6 +361,26 @@ def cmd_infer(args: argparse.Namespace) -> int:
         views = "views (each image and its mirrored copy)" if not args.no_flip else "images"
         print(f"dynamic inference, {views} leaving at each exit: "
               + ", ".join(f"layer {layer}: {count}" for layer, count in zip(exits["layers"], exits["counts"])))
+    return 0
+
+
+def _infer_videos(args: argparse.Namespace) -> int:
+    """Each input a video (a file, or with --video a folder of frames): online inference and tracking."""
+    from posenas.infer_video import run_video_inference
+
+    if args.dynamic:
+        raise PosenasError("infer: --dynamic runs on images; drop it for a video")
+    for item in args.inputs:
+        if not args.video and not _is_video(item):
+            raise PosenasError(f"{item}: mixing a video with images; run them apart (a folder of frames is a video "
+                               "with --video)")
+    for item in args.inputs:
+        r = run_video_inference(args.checkpoint, item, args.out, boxes=args.boxes, detector=args.detector,
+                                flip_test=not args.no_flip, min_score=args.min_score, fps=args.fps,
+                                device=args.device, runtime=args.runtime, joint_scores=args.scores)
+        print(f"{item}: {r['frames']} frames ({'key frame every ' + str(r['period']) if r['period'] > 1 else 'every frame a key frame'}), "
+              f"{r['people']} poses in {r['tracks']} track(s); {r['fps']:.1f} frames/s overall, "
+              f"{r['model_fps']:.1f} frames/s in the networks; {r['video']}, {r['json']}")
     return 0
 
 
@@ -503,15 +535,20 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--json", action="store_true", help='print {"params", "macs", "input", "latency_ms"}')
     q.set_defaults(func=cmd_profile)
 
-    i = sub.add_parser("infer", help="run a checkpoint on images or folders of frames")
+    i = sub.add_parser("infer", help="run a checkpoint on images, folders of frames or videos")
     i.add_argument("--checkpoint", required=True)
-    i.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders of frames")
+    i.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="image files or folders of frames; or video files (.mp4, .avi, ...): online pose estimation "
+                        "and tracking, key frame every T + 1 frames for a T-ViPNAS checkpoint")
+    i.add_argument("--video", action="store_true", help="each folder of frames is a video (tracked, written as .mp4)")
+    i.add_argument("--detector", help="video: a bottom-up checkpoint that finds new people at key frames")
+    i.add_argument("--fps", type=float, help="video: frame rate of a folder of frames (default 25) or override")
     i.add_argument("--boxes", help="person boxes JSON, keyed by image file name: a list of {\"image\": NAME, "
                                    "\"bbox\": [x, y, w, h], \"score\": s}, NAME the input's path as given or its base "
                                    "name (or \"image_id\": the input's 0-based position); default: the whole image is "
                                    "one person")
     i.add_argument("--out", required=True, help="folder for drawings and predictions.json")
-    i.add_argument("--no-flip", action="store_true", help="skip the flip test")
+    i.add_argument("--no-flip", action="store_true", help="skip the flip test (on a video it applies to key frames)")
     i.add_argument("--min-score", type=float, default=0.2, help="joints below this score are not drawn")
     i.add_argument("--scores", action="store_true", help="write each joint's score beside it (the box always "
                                                           "carries the person's score)")

@@ -31,9 +31,7 @@ def image_inputs(inputs: list[str | Path]) -> list[Path]:
                 raise PosenasError(f"{item}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
             paths += frames
         elif item.suffix.lower() in VIDEO_SUFFIXES:
-            raise PosenasError(f"{item}: video input: see the README, 'Evaluation of a model and inference' — video "
-                               "inference is not implemented yet; extract the frames into a folder "
-                               f"(ffmpeg -i {item} frames/%06d.jpg) and pass the folder")
+            raise PosenasError(f"{item}: a video; `posenas infer` runs it alone (posenas.infer_video)")
         elif item.exists():
             paths.append(item)
         else:

@@ -137,12 +137,13 @@ def test_joint_scores_are_off_by_default_and_box_labels_stay_inside():
     assert label_pixels([-30, -30, 50, 50]) >= 0.9 * whole
 
 
-def test_infer_on_a_video_file_says_video_input(tmp_path, capsys):
+def test_infer_on_a_corrupt_video_file_says_so(tmp_path, capsys):
     video = tmp_path / "clip.mp4"
     video.write_bytes(b"\x00" * 64)
     assert main(["infer", "--checkpoint", str(tmp_path / "none.pt"), str(video), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert "video input: see" in err and "cannot decode" not in err
+    assert "clip.mp4: cannot" in err and "video" in err and "cannot decode image" not in err
+    assert not (tmp_path / "o").exists()
 
 
 def _pnfs_search_config(root) -> dict:
