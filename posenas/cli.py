@@ -279,6 +279,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         diffs = ", ".join(f"{k} {v:.2e}" for k, v in entry["max_abs_diff"].items())
         print(f"wrote {entry['path']} (early exit {entry['exit'] + 1}, layer {entry['layer']}, "
               f"{entry['bytes'] / 1e6:.1f} MB); parity with PyTorch, max abs heatmap difference: {diffs}")
+    for entry in report.get("frames", []):  # a video model: one file per T-ViPNet
+        diffs = ", ".join(f"{k} {v:.2e}" for k, v in entry["max_abs_diff"].items())
+        print(f"wrote {entry['path']} (T-ViPNet {entry['frame']}{', fusion input previous_heatmaps' if entry['fusion'] else ''}, "
+              f"{entry['bytes'] / 1e6:.1f} MB); parity with PyTorch, max abs heatmap difference: {diffs}")
     return 0
 
 

@@ -30,6 +30,8 @@ from posenas.runtime import METADATA_PREFIX, ort_session
 #: Allowed max abs heatmap difference, relative to the PyTorch heatmaps' peak |value|: an absolute
 #: limit would pass anything on an untrained net whose heatmaps are ~1e-8.
 PARITY_TOLERANCE = 1e-4
+#: ONNX input names: the crop, and a T-ViPNet's previous heatmaps.
+INPUT_NAMES = ["image", "previous_heatmaps"]
 
 
 def real_input(input_size: tuple[int, int], seed: int = 0) -> torch.Tensor:
@@ -48,29 +50,34 @@ def real_input(input_size: tuple[int, int], seed: int = 0) -> torch.Tensor:
 
 
 def onnx_bytes(model: torch.nn.Module, input_size: tuple[int, int], *, opset: int = 18, dynamic_batch: bool = False,
-               metadata: dict[str, str] | None = None, where: str = "model", rewrite: bool = True) -> bytes:
+               metadata: dict[str, str] | None = None, where: str = "model", rewrite: bool = True,
+               heatmap_input: tuple[int, int, int] | None = None) -> bytes:
     """The serialised ONNX graph of a plain model (input ``image``, output ``heatmaps``; a model with
     several outputs, one per resolution, names the later ones ``heatmaps_1``, ...).
 
     ``rewrite`` (default): export :func:`posenas.export_rewrite.rewrite_for_export`'s copy, the
-    same function as a graph ONNX Runtime runs faster; ``model`` itself is left as it is."""
+    same function as a graph ONNX Runtime runs faster; ``model`` itself is left as it is.
+    ``heatmap_input`` ``(K, h, w)``: the model also takes ``previous_heatmaps`` (a T-ViPNet's fusion
+    input); such a graph is exported as it is (the rewrites
+    trace one input)."""
     model = model.eval()
-    if rewrite:
+    if rewrite and heatmap_input is None:
         try:
             model = rewrite_for_export(model, input_size)[0]
         except RuntimeError as e:
             raise PosenasError(f"{where}: export rewrite failed ({str(e).splitlines()[0][:200]}); "
                                "export without it (--no-rewrite)") from None
-    example = torch.zeros(1, 3, *input_size)
+    example = (torch.zeros(1, 3, *input_size),) + ((torch.zeros(1, *heatmap_input),) if heatmap_input else ())
     with torch.no_grad():
-        count = len(as_outputs(model(example)))  # HigherHRNet: one output per resolution
+        count = len(as_outputs(model(*example)))  # HigherHRNet: one output per resolution
     names = ["heatmaps"] + [f"heatmaps_{i}" for i in range(1, count)]
-    dynamic = ({0: torch.export.Dim("batch", min=1, max=1024)},) if dynamic_batch else None
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    dynamic = tuple({0: batch} for _ in example) if dynamic_batch else None
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            program = torch.onnx.export(model, (example,), input_names=["image"], output_names=names,
+            program = torch.onnx.export(model, example, input_names=INPUT_NAMES[:len(example)], output_names=names,
                                         dynamo=True, opset_version=opset, dynamic_shapes=dynamic, verbose=False)
         except Exception as e:  # the exporter raises many kinds
             raise PosenasError(f"{where}: ONNX export failed: {str(e).splitlines()[0][:200]}") from None
@@ -81,14 +88,17 @@ def onnx_bytes(model: torch.nn.Module, input_size: tuple[int, int], *, opset: in
     return proto.SerializeToString()
 
 
-def _check_parity(model: torch.nn.Module, data: bytes, inputs: dict[str, torch.Tensor], where: str) -> dict:
-    """Max abs heatmap difference of ONNX Runtime against ``model`` per input; PosenasError past the tolerance."""
+def _check_parity(model: torch.nn.Module, data: bytes, inputs: dict[str, torch.Tensor | tuple[torch.Tensor, ...]],
+                  where: str) -> dict:
+    """Max abs heatmap difference of ONNX Runtime against ``model`` per input (a tensor, or the
+    tuple of ``image`` and ``heatmaps``); PosenasError past the tolerance."""
     session = ort_session(data)
     report, limits = {}, {}
     with torch.no_grad():
         for name, x in inputs.items():
-            ours = [o.numpy() for o in as_outputs(model(x))]
-            theirs = session.run(None, {"image": x.numpy()})
+            args = x if isinstance(x, tuple) else (x,)
+            ours = [o.numpy() for o in as_outputs(model(*args))]
+            theirs = session.run(None, {n: a.numpy() for n, a in zip(INPUT_NAMES, args)})
             report[name] = max(float(np.abs(a - b).max()) for a, b in zip(ours, theirs))
             limits[name] = PARITY_TOLERANCE * max(float(np.abs(a).max()) for a in ours)
     worst = max(report, key=lambda k: report[k] - limits[k])
@@ -107,6 +117,34 @@ def exit_path(out: str | Path, exit_number: int) -> Path:
     return out.with_name(f"{stem}.exit{exit_number}.onnx")
 
 
+def frame_path(out: str | Path, frame: int) -> Path:
+    """Where T-ViPNet ``frame`` (1-based) of a video model is exported beside ``out``: NAME.frameN.onnx."""
+    out = Path(out)
+    stem = out.name[: -len(".onnx")] if out.name.endswith(".onnx") else out.name
+    return out.with_name(f"{stem}.frame{frame}.onnx")
+
+
+def _video_frames(model: torch.nn.Module, meta: dict, codec, num_joints: int, inputs: dict, opset: int,
+                  dynamic_batch: bool, where: str) -> list[dict]:
+    """Each T-ViPNet of a video model as its own graph (inputs ``image`` and, with a fusion,
+    ``previous_heatmaps``), parity-checked like the key net with the previous heatmaps of its input."""
+    out = []
+    for t, net in enumerate(model.frames, 1):
+        net = net.eval()
+        shape = (num_joints, *codec.heatmap_size) if net.fusion is not None else None
+        frame_inputs = inputs
+        if shape is not None:
+            generator = torch.Generator().manual_seed(t)
+            frame_inputs = {name: (x, torch.rand(len(x), *shape, generator=generator)) for name, x in inputs.items()}
+        frame_meta = {**meta, "frame": json.dumps(t), "fusion": json.dumps(net.fusion is not None)}
+        here = f"{where} (T-ViPNet {t})"
+        data = onnx_bytes(net, codec.input_size, opset=opset, dynamic_batch=dynamic_batch, metadata=frame_meta,
+                          where=here, heatmap_input=shape)
+        out.append({"frame": t, "fusion": shape is not None, "data": data, "bytes": len(data),
+                    "max_abs_diff": _check_parity(net, data, frame_inputs, here)})
+    return out
+
+
 def export_onnx(checkpoint: str | Path, out: str | Path, *, opset: int = 18, dynamic_batch: bool = False,
                 rewrite: bool = True) -> dict:
     """Export (the rewritten graph unless ``rewrite`` is False), check parity against the original
@@ -115,9 +153,14 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, opset: int = 18, dyn
     A multi-exit model (``exit_count`` > 1, 3M-Pose with EELs) also gets one file per early exit
     beside ``out`` (:func:`exit_path`: NAME.exit1.onnx, ...), each that exit alone
     (:class:`~posenas.spaces.threem.ExitModel`, metadata ``exit`` and ``exit_layer``) and checked
-    the same way; nothing is written unless every one passes. The report's ``exits`` lists them."""
+    the same way; nothing is written unless every one passes. The report's ``exits`` lists them.
+
+    A video model (T-ViPNAS) exports its key net as ``out`` and each T-ViPNet beside it
+    (:func:`frame_path`: NAME.frame1.onnx, ...), with its fusion input ``previous_heatmaps``; the
+    report's ``frames`` lists them."""
     loaded = model_from_checkpoint(checkpoint)
     model = loaded.model.eval()
+    video = getattr(loaded.arch, "video", False)
     h, w = loaded.codec.input_size
     meta = {
         "format": "posenas-onnx",
@@ -126,13 +169,15 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, opset: int = 18, dyn
         "codec": json.dumps(loaded.codec.to_dict()),
         "dynamic_batch": json.dumps(dynamic_batch),
     }
-    data = onnx_bytes(model, (h, w), opset=opset, dynamic_batch=dynamic_batch, metadata=meta, where=str(checkpoint),
+    main = model.key if video else model  # a video model's forward is its key net
+    data = onnx_bytes(main, (h, w), opset=opset, dynamic_batch=dynamic_batch, metadata=meta, where=str(checkpoint),
                       rewrite=rewrite)
     generator = torch.Generator().manual_seed(0)
     inputs = {"random": torch.randn(1, 3, h, w, generator=generator), "real": real_input((h, w))}
     if dynamic_batch:
         inputs["random batch of 3"] = torch.randn(3, 3, h, w, generator=generator)
-    report = _check_parity(model, data, inputs, str(checkpoint))
+    report = _check_parity(main, data, inputs, str(checkpoint))
+    frames = _video_frames(model, meta, loaded.codec, loaded.schema.num_joints, inputs, opset, dynamic_batch, str(checkpoint)) if video else []
     exits = []
     count = getattr(model, "exit_count", 1)
     if isinstance(count, int) and count > 1 and hasattr(model, "advance"):
@@ -152,5 +197,8 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, opset: int = 18, dyn
     write_bytes(out, data)
     for entry in exits:
         write_bytes(entry["path"], entry.pop("data"))
+    for entry in frames:
+        entry["path"] = str(frame_path(out, entry["frame"]))
+        write_bytes(entry["path"], entry.pop("data"))
     return {"max_abs_diff": report, "opset": opset, "dynamic_batch": dynamic_batch, "bytes": len(data),
-            "rewrite": rewrite, **({"exits": exits} if exits else {})}
+            "rewrite": rewrite, **({"exits": exits} if exits else {}), **({"frames": frames} if frames else {})}

@@ -51,18 +51,24 @@ class OnnxPoseModel:
             raise PosenasError(f"{path}: not exported by posenas (no {METADATA_PREFIX}format metadata)")
         self.metadata = {k[len(METADATA_PREFIX):]: v for k, v in meta.items() if k.startswith(METADATA_PREFIX)}
         self.dynamic_batch = json.loads(self.metadata.get("dynamic_batch", "false"))
+        self.input_names = [i.name for i in self.session.get_inputs()]
 
     @classmethod
     def from_bytes(cls, data: bytes, threads: int | None = None) -> "OnnxPoseModel":
         return cls("<in-memory ONNX graph>", threads, data=data)
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        """The heatmaps (a tuple, one per resolution, for a model with several outputs)."""
-        x = images.detach().cpu().numpy().astype(np.float32, copy=False)
+    def __call__(self, images: torch.Tensor, heatmaps: torch.Tensor | None = None
+                 ) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """The heatmaps (a tuple, one per resolution, for a model with several outputs);
+        ``heatmaps``: a T-ViPNet's fusion input (ignored by a graph without one)."""
+        feeds = {"image": images.detach().cpu().numpy().astype(np.float32, copy=False)}
+        if heatmaps is not None and "previous_heatmaps" in self.input_names:
+            feeds["previous_heatmaps"] = heatmaps.detach().cpu().numpy().astype(np.float32, copy=False)
         if self.dynamic_batch:
-            outs = self.session.run(None, {"image": x})
+            outs = self.session.run(None, feeds)
         else:  # exported for batch 1
-            runs = [self.session.run(None, {"image": x[i : i + 1]}) for i in range(len(x))]
+            n = len(feeds["image"])
+            runs = [self.session.run(None, {k: v[i : i + 1] for k, v in feeds.items()}) for i in range(n)]
             outs = [np.concatenate([r[j] for r in runs]) for j in range(len(runs[0]))]
         tensors = tuple(torch.from_numpy(o) for o in outs)
         return tensors[0] if len(tensors) == 1 else tensors
@@ -74,6 +80,43 @@ class OnnxPoseModel:
         return self
 
     def to(self, device) -> "OnnxPoseModel":
+        return self
+
+
+class OnnxVideoModel:
+    """An exported video model: the key net's file and one file per T-ViPNet beside it
+    (``NAME.frameN.onnx``), with the interface :mod:`posenas.engine.video` reads."""
+
+    training = False
+
+    def __init__(self, path: str | Path, frames: int, threads: int | None = None):
+        from posenas.export import frame_path
+
+        self.key = OnnxPoseModel(path, threads)
+        self.frames = []
+        for t in range(1, frames + 1):
+            p = frame_path(path, t)
+            if not p.is_file():
+                raise PosenasError(f"{path}: a video model's T-ViPNet {t} should be beside it as {p.name}; "
+                                   "export the checkpoint again (posenas export writes them all)")
+            net = OnnxPoseModel(p, threads)
+            if net.metadata.get("frame") != json.dumps(t) or net.metadata.get("arch") != self.key.metadata.get("arch"):
+                raise PosenasError(f"{p}: not T-ViPNet {t} of {path} (its metadata names another model or frame)")
+            self.frames.append(net)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return self.key(images)
+
+    def frame_nets(self) -> list:
+        return list(self.frames)
+
+    def eval(self) -> "OnnxVideoModel":
+        return self
+
+    def train(self, mode: bool = True) -> "OnnxVideoModel":
+        return self
+
+    def to(self, device) -> "OnnxVideoModel":
         return self
 
 
@@ -97,4 +140,8 @@ def load_model(path: str | Path, runtime: str = "torch", threads: int | None = N
         codec = codec_from_dict(json.loads(meta["codec"]))
     except (KeyError, json.JSONDecodeError) as e:
         raise PosenasError(f"{path}: incomplete posenas metadata: {e}") from None
+    if getattr(arch, "video", False):
+        if "frame" in meta:
+            raise PosenasError(f"{path}: one T-ViPNet of a video model; run the key net's file (without .frameN)")
+        model = OnnxVideoModel(path, len(arch.frames), threads)
     return LoadedModel(model, arch, schema, codec, {})

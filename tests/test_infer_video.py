@@ -143,3 +143,25 @@ def test_video_inference_errors(tmp_path, clip, capsys):
                  "--out", str(tmp_path / "o")]) == 2
     assert "mixing a video with images" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_an_exported_video_model_runs_in_onnx_runtime_as_in_pytorch(tmp_path, clip, capsys):
+    ckpt = _checkpoint(tmp_path / "m.pt", True)
+    assert main(["export", str(ckpt), "--onnx", str(tmp_path / "v.onnx")]) == 0
+    printed = capsys.readouterr().out
+    assert "T-ViPNet 1, fusion input previous_heatmaps" in printed and "T-ViPNet 2," in printed
+    assert (tmp_path / "v.frame1.onnx").is_file() and (tmp_path / "v.frame2.onnx").is_file()
+    boxes = tmp_path / "b.json"
+    boxes.write_text(json.dumps([{"image_id": 0, "bbox": [10, 20, 20, 30], "score": 1.0}]))
+    results = {}
+    for runtime, model in (("torch", ckpt), ("onnx", tmp_path / "v.onnx")):
+        run_video_inference(model, clip / "clip.mp4", tmp_path / runtime, boxes=boxes, runtime=runtime,
+                            min_track_score=0.0, progress=False)
+        results[runtime] = read_json(tmp_path / runtime / "clip.json")["annotations"]
+    assert len(results["onnx"]) == len(results["torch"]) == 10
+    for a, b in zip(results["torch"], results["onnx"]):
+        np.testing.assert_allclose(a["keypoints"], b["keypoints"], atol=0.05)
+    (tmp_path / "v.frame2.onnx").unlink()
+    assert main(["infer", "--checkpoint", str(tmp_path / "v.onnx"), "--runtime", "onnx", str(clip / "clip.mp4"),
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "T-ViPNet 2 should be beside it as v.frame2.onnx" in capsys.readouterr().err

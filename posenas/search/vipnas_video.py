@@ -118,7 +118,9 @@ class KeyFrameConfig:
 
     arch: str | None = None  # an S-ViPNAS arch JSON file (a spatial search's best_arch.json)
     checkpoint: str | None = None  # its weights (a trained checkpoint or a supernet holding it); null: train here
-    epochs: int = 8  # phase 0's length when no checkpoint is given (the other training settings are shared)
+    epochs: int = 8  # phase 0's length when no checkpoint is given (data and augmentation are shared)
+    optim: OptimConfig | None = None  # phase 0's optimiser and schedule (null: the run's optim section)
+    init_from: str | None = None  # phase 0 fine-tunes these weights (a COCO-trained S-ViPNAS), else from scratch
 
     def __post_init__(self) -> None:
         if self.arch is None:
@@ -393,7 +395,8 @@ def train_key(cfg: VideoSearchExperimentConfig, out: Path, progress: bool) -> di
     if not (run / "results.json").exists():
         heading(f"key frame net: {cfg.key.arch} trained {cfg.key.epochs} epochs on the video frames into {run}")
         training = cfg.training()
-        training = replace(training, train=replace(training.train, epochs=cfg.key.epochs))
+        training = replace(training, optim=cfg.key.optim or training.optim,
+                           train=replace(training.train, epochs=cfg.key.epochs, init_from=cfg.key.init_from))
         train(training, run, resume=last.exists(), progress=progress, objective=Objective(arch))
     return load_checkpoint(last)["state_dict"]
 
