@@ -457,6 +457,8 @@ def search_sequences(cfg: VideoSearchExperimentConfig, out: Path, checkpoint: Pa
 def summarise(cfg: VideoSearchExperimentConfig, out: Path, evaluator: VideoEvaluator, records: list[dict]) -> dict:
     best = {v: max((r for r in records if r["variant"] == v), key=lambda r: r["score"]) for v in cfg.search.variants}
     winner = best["t-vipnas"]
+    # Fig. 6a's pairing: the winner's own archs with the fusion removed (not the best of the twins)
+    twin = next((r for r in records if r["variant"] == "no-fusion" and r["index"] == winner["index"]), None)
     arch = arch_from_json(winner["arch"])
     save_arch_file(out / "best_video_arch.json", arch)
     model = evaluator.video_model(arch.frames)
@@ -469,6 +471,7 @@ def summarise(cfg: VideoSearchExperimentConfig, out: Path, evaluator: VideoEvalu
                                  progress=False, batch_size=cfg.data.batch_size * 2)
     summary = {"metric": "posetrack", "budget": {"max_gmacs": cfg.search.max_gmacs, "frames": cfg.supernet.frames},
                "best": winner, "best_per_variant": best, "speed": speed,
+               "winner_without_fusion": twin,
                "key_every_frame": {"gmacs": evaluator.key_gmacs, "score": key_only["posetrack"]["Total"],
                                    "AP": key_only["coco"]["AP"],
                                    **evaluator.fps(evaluator.model.key)},
@@ -541,7 +544,10 @@ def print_summary(summary: dict, out: Path, cfg: VideoSearchExperimentConfig) ->
           f"model in {out / 'best_video.pt'}")
     for v, r in summary["best_per_variant"].items():
         if v != "t-vipnas":
-            print(f"  {v:>9}: mAP {format_score(r['score'])} at {r['gmacs']:.4f} GMACs")
+            print(f"  {v:>9}: mAP {format_score(r['score'])} at {r['gmacs']:.4f} GMACs (best of its draws)")
+    twin = summary.get("winner_without_fusion")
+    if twin:
+        print(f"  the best T-ViPNAS without its fusion: mAP {format_score(twin['score'])} at {twin['gmacs']:.4f} GMACs")
     print(f"  key net on every frame: mAP {format_score(key['score'])} at {key['gmacs']:.4f} GMACs")
     scores = summary["scores"]["t-vipnas"]
     if len(set(scores)) == 1:
