@@ -471,3 +471,23 @@ def test_video_search_config_errors(tmp_path, posetrack_root, capsys):
     err = capsys.readouterr().err
     assert "config.key.arch" in err and "not a sub-net" in err
     assert not (tmp_path / "r2").exists()
+
+
+def test_a_nan_loss_stops_propagation_training_with_the_divergence_error(tmp_path, posetrack_root, monkeypatch):
+    from posenas.config import load_config
+    from posenas.engine.train import train
+    from posenas.search import vipnas_video
+    from posenas.search.vipnas_video import PropagationObjective, VideoSearchExperimentConfig
+
+    cfg = load_config(VideoSearchExperimentConfig, _search_config(tmp_path, posetrack_root))
+    key_arch = cfg.key_arch()
+    real = vipnas_video.heatmap_loss
+    monkeypatch.setattr(vipnas_video, "heatmap_loss", lambda *a: real(*a) * float("nan"))
+    obj = PropagationObjective(cfg.supernet, key_arch, derive(key_arch, 17).state_dict(), seed=0)
+    with pytest.raises(PosenasError, match="training diverged"):
+        train(cfg.training(), tmp_path / "nan", progress=False, objective=obj)
+    # no optimiser step ran on it: the supernet is the key net's, as built
+    model = obj.build(17)
+    assert not (tmp_path / "nan" / "checkpoints" / "last.pt").exists() or all(
+        torch.equal(v, model.state_dict()[k]) for k, v in
+        torch.load(tmp_path / "nan" / "checkpoints" / "last.pt", weights_only=True)["state_dict"].items())
