@@ -20,7 +20,8 @@ the supernet's weights (BN re-calibrated through propagation); frames/s is batch
 thread, PyTorch, (T + 1) frames over the summed median latencies of the key net and the T
 nets. The summary (``--summary``) gets each seed as it finishes (a later run skips seeds
 already there), and the mean, the seed standard deviation (the noise floor) and the mean
-paired difference of each ablation to t-vipnas with its standard error.
+paired difference of each ablation to t-vipnas with its standard error; per seed, the paired
+gain of fusion over all t-vipnas sequences (each against its own fusion-free twin).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from pathlib import Path
 
 from posenas.config import load_config
 from posenas.engine.precision import cpu_flags
-from posenas.jsonio import read_json, write_json
+from posenas.jsonio import read_json, read_jsonl, write_json
 from posenas.search.vipnas_video import VARIANTS, VideoSearchExperimentConfig, print_summary, run_video_search
 from posenas.synthetic.generate import default_spec, ensure_synthetic
 
@@ -62,7 +63,19 @@ def one_seed(seed: int, args) -> dict:
                               "fps": key["fps"]}
     supernet = read_json(out / "supernet" / "results.json")
     row["supernet_largest_mAP"] = round(supernet["Total"], 3)
+    row["paired_fusion_gain"] = paired_fusion_gain(out)
     return row
+
+
+def paired_fusion_gain(run: Path) -> dict:
+    """Over ALL t-vipnas sequences of a run (not only the best): mAP with its fusions minus
+    the same archs without them (the no-fusion twin of the same index), mean and s.e."""
+    records = read_jsonl(run / "candidates.jsonl")
+    fused = {r["index"]: r["score"] for r in records if r["variant"] == "t-vipnas"}
+    plain = {r["index"]: r["score"] for r in records if r["variant"] == "no-fusion"}
+    diffs = [fused[i] - plain[i] for i in fused if i in plain]
+    return {"mean": round(statistics.mean(diffs), 3), "se": round(statistics.stdev(diffs) / math.sqrt(len(diffs)), 3),
+            "positive": sum(d > 0 for d in diffs), "pairs": len(diffs)}
 
 
 def aggregate(seeds: dict[str, dict]) -> dict:
@@ -114,6 +127,7 @@ def main() -> int:
     for seed in (int(s) for s in args.seeds.split(",")):
         if str(seed) in summary["seeds"]:
             print(f"seed {seed}: in {summary_path} already")
+            summary["seeds"][str(seed)]["paired_fusion_gain"] = paired_fusion_gain(Path(args.out) / f"seed{seed}")
             continue
         summary["seeds"][str(seed)] = one_seed(seed, args)
         summary["aggregate"] = aggregate(summary["seeds"])
@@ -121,6 +135,10 @@ def main() -> int:
     summary["aggregate"] = aggregate(summary["seeds"])
     write_json(summary_path, summary, indent=2)
     print(table(summary["aggregate"], len(summary["seeds"])))
+    for seed, row in summary["seeds"].items():
+        g = row["paired_fusion_gain"]
+        print(f"seed {seed}: fusion gain over all {g['pairs']} t-vipnas sequences (same archs without fusion): "
+              f"{g['mean']:+.2f} ± {g['se']:.2f} mAP, positive in {g['positive']}")
     return 0
 
 

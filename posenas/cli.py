@@ -384,7 +384,8 @@ def _infer_videos(args: argparse.Namespace) -> int:
                                 device=args.device, runtime=args.runtime, joint_scores=args.scores)
         print(f"{item}: {r['frames']} frames ({'key frame every ' + str(r['period']) if r['period'] > 1 else 'every frame a key frame'}), "
               f"{r['people']} poses in {r['tracks']} track(s); {r['fps']:.1f} frames/s overall, "
-              f"{r['model_fps']:.1f} frames/s in the networks; {r['video']}, {r['json']}")
+              + (f"{r['model_fps']:.1f} frames/s in the networks" if r["people"] else "no person found")
+              + f"; {r['video']}, {r['json']}")
     return 0
 
 

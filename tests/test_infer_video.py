@@ -165,3 +165,30 @@ def test_an_exported_video_model_runs_in_onnx_runtime_as_in_pytorch(tmp_path, cl
     assert main(["infer", "--checkpoint", str(tmp_path / "v.onnx"), "--runtime", "onnx", str(clip / "clip.mp4"),
                  "--out", str(tmp_path / "o")]) == 2
     assert "T-ViPNet 2 should be beside it as v.frame2.onnx" in capsys.readouterr().err
+
+
+def test_a_bottom_up_detector_picks_up_people_at_key_frames_only(tmp_path, clip, monkeypatch):
+    from posenas.arch import named_arch
+    from posenas.codecs import AssociativeEmbeddingCodec
+    from posenas.engine.predict import InstancePrediction
+    from posenas.engine.task import BottomUpTask
+
+    arch = named_arch("simplebaseline-small-ae")
+    save_checkpoint(tmp_path / "ae.pt", {"arch": arch.to_json(), "schema": "coco17",
+                                         "codec": AssociativeEmbeddingCodec(input_size=(64, 64),
+                                                                            heatmap_sizes=((16, 16),)).to_dict(),
+                                         "state_dict": build_model(arch, 17).state_dict()})
+    calls = []
+
+    def found(self, model, dataset, codec, device, **options):  # one confident person where the square is
+        calls.append(dataset.images[0].width)
+        kp = np.zeros((17, 3), np.float32)
+        kp[:, 0], kp[:, 1], kp[:, 2] = np.linspace(12, 30, 17), np.linspace(22, 48, 17), 0.9
+        return [InstancePrediction(0, -1, kp, 0.9, np.array([10, 20, 20, 30], np.float32))]
+
+    monkeypatch.setattr(BottomUpTask, "predict", found)
+    r = run_video_inference(_checkpoint(tmp_path / "m.pt", True), clip / "clip.mp4", tmp_path / "o",
+                            detector=tmp_path / "ae.pt", min_track_score=0.0, progress=False)
+    assert calls == [96] * 4  # frames 0, 3, 6, 9 of 10 (period 3), on the whole frame
+    data = read_json(tmp_path / "o" / "clip.json")
+    assert r["tracks"] == 1 and {a["image_id"] for a in data["annotations"]} == set(range(10))
