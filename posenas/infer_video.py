@@ -161,7 +161,7 @@ def run_video_inference(
     period = len(frames) + 1
     codec: HeatmapCodec = loaded.codec
     schema = loaded.schema
-    stride = (codec.input_size[0] / codec.heatmap_size[0], codec.input_size[1] / codec.heatmap_size[1])
+    stride = tuple(codec.stride_xy)
     transform = TopDownTransform(codec.input_size, schema, None)
     find = _Detector(boxes, detector, _frame_names(source), runtime, dev)
 

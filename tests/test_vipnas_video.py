@@ -187,6 +187,9 @@ def test_warp_moves_a_peak_with_the_crop():
     heat2[0, 0, 4, 3] = 1.0
     z2 = warp_heatmaps(heat2, _matrices([(0, 0)]), _matrices([(0, 0)], scale=2.0), (4, 4))
     assert z2[0, 0].argmax().item() == 8 * 12 + 6
+    # stride is (x, y): 8 image px right is 2 heatmap px at x-stride 4, 4 px down is 2 at y-stride 2
+    tall = warp_heatmaps(heat, _matrices([(0, 0)]), _matrices([(8, 4)]), (4, 2))
+    assert tall[0, 0].argmax().item() == 6 * 12 + 4
 
 
 def test_propagation_over_t_frames_equals_t_single_steps():

@@ -123,7 +123,7 @@ def predict_video(
     key, frames = key_net_of(model), frame_nets_of(model)
     period = period or len(frames) + 1
     data = TopDownDataset(dataset, codec, augment=None)
-    stride = (codec.input_size[0] / codec.heatmap_size[0], codec.input_size[1] / codec.heatmap_size[1])  # (y, x)
+    stride = tuple(codec.stride_xy)
     chains = instance_chains(dataset)
     out: list[InstancePrediction | None] = [None] * len(data)
     state: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # chain -> (heatmaps, crop matrix) of its last frame

@@ -10,8 +10,9 @@ fixed training batches before it is evaluated.
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -36,18 +37,29 @@ def recalibrate_bn(model: nn.Module, batches: list[torch.Tensor], precision: Pre
     """Reset every BatchNorm's running statistics and re-estimate them as the plain average
     over ``batches`` (forward passes in train mode, no gradients, in ``precision``); the model
     ends in eval mode."""
+    with bn_reestimation(model):
+        for images in batches:
+            precision.forward(model, images)
+
+
+@contextmanager
+def bn_reestimation(model: nn.Module) -> Iterator[None]:
+    """Inside: every BatchNorm of ``model`` reset, averaging cumulatively, in train mode, no
+    gradients; after: the momenta restored and ``model`` in eval mode (the forward passes
+    inside are the caller's: plain batches, or a propagation chain of video frame nets)."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     saved = [m.momentum for m in norms]
     for m in norms:
         m.reset_running_stats()
         m.momentum = None  # cumulative moving average
     model.train()
-    with torch.no_grad():
-        for images in batches:
-            precision.forward(model, images)
-    for m, momentum in zip(norms, saved):
-        m.momentum = momentum
-    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for m, momentum in zip(norms, saved):
+            m.momentum = momentum
+        model.eval()
 
 
 def calibration_batches(train: PoseDataset, codec: HeatmapCodec, augment, batch_size: int, count: int,

@@ -68,6 +68,7 @@ from posenas.engine.train import Objective, interruptible, make_codec, train
 from posenas.engine.video import first_videos, frame_nets_of, key_net_of, score_video_model
 from posenas.errors import PosenasError
 from posenas.jsonio import JsonlLog, write_json
+from posenas.search.candidates import bn_reestimation
 from posenas.search.rundir import open_search_dir
 from posenas.spaces.vipnas import (SPACES, Choices, ViPNASArch, derive, in_choices, largest_arch, parse_choices,
                                    smallest_arch)
@@ -231,7 +232,7 @@ class PropagationObjective(Objective):
     def prepare(self, model: nn.Module, codec: HeatmapCodec, cfg: Any, world: World, steps_per_epoch: int) -> None:
         if world.size > 1:
             raise PosenasError("the ViPNAS temporal search runs in one process; start it without torchrun")
-        self.stride = heatmap_stride(codec)
+        self.stride = tuple(codec.stride_xy)
 
     def step(self, model: nn.Module, batch: dict[str, torch.Tensor], step: int, world: World) -> torch.Tensor:
         images, target, weight, matrix = batch["image"], batch["target"], batch["target_weight"], batch["matrix"]
@@ -263,11 +264,6 @@ class PropagationObjective(Objective):
 
 # ----------------------------------------------------------------------------- candidates
 
-def heatmap_stride(codec: HeatmapCodec) -> tuple[float, float]:
-    """Input pixels per heatmap pixel, (y, x)."""
-    return (codec.input_size[0] / codec.heatmap_size[0], codec.input_size[1] / codec.heatmap_size[1])
-
-
 def clip_calibration(train_set, codec: HeatmapCodec, augment: AugmentConfig, frames: int, batch_size: int,
                      count: int, seed: int) -> list[dict[str, torch.Tensor]]:
     """``count`` fixed batches of training clips (augmented as in training) shared by all candidates."""
@@ -281,17 +277,10 @@ def clip_calibration(train_set, codec: HeatmapCodec, augment: AugmentConfig, fra
 def recalibrate_frames(model: VideoPoseModel, batches: list[dict[str, torch.Tensor]], stride) -> None:
     """Each frame net's BN statistics re-estimated (cumulative average) on ``batches`` of clips,
     each fed the heatmaps propagated to it by the nets before it (key net untouched)."""
-    norms = [m for net in model.frames for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None
     model.eval()
-    model.frames.train()
-    for b in batches:
-        propagate(list(model.frames), b["image"], b["matrix"], model.key(b["image"][:, 0]), stride)
-    model.eval()
-    for m in norms:
-        m.momentum = 0.1
+    with bn_reestimation(model.frames):
+        for b in batches:
+            propagate(list(model.frames), b["image"], b["matrix"], model.key(b["image"][:, 0]), stride)
 
 
 class VideoEvaluator:
@@ -302,7 +291,7 @@ class VideoEvaluator:
         self.model: PropagationModel = supernet_from_checkpoint(state, checkpoint).to(device).eval()
         self.device, self.cfg = device, cfg
         self.codec = make_codec(cfg.training())
-        self.stride = heatmap_stride(self.codec)
+        self.stride = tuple(self.codec.stride_xy)
         train_set = load_dataset(cfg.data.root, cfg.data.train_split)
         self.val = first_videos(load_dataset(cfg.data.root, cfg.data.val_split), cfg.search.val_max_videos)
         self.calib = clip_calibration(train_set, self.codec, cfg.augment, cfg.supernet.frames + 1,
@@ -366,13 +355,14 @@ def draw_sequences(variant: str, cfg: VideoSearchExperimentConfig, evaluator: Vi
     shared, fusion = variant in ("shared", "per-frame"), variant != "per-frame"
     out: list[tuple[FrameArch, ...]] = []
     tries = 0
+    choices = s.parsed_choices()
     while len(out) < count:
         tries += 1
         if tries > 200 * count:
             raise PosenasError(f"config.search.max_gmacs: {sc.max_gmacs} GMACs (average over the key frame and "
                                f"{s.frames} frames) fits almost no {variant} sequence: the key frame alone costs "
                                f"{evaluator.key_gmacs:.4f}; raise the budget")
-        frames = sample_frames(s.spatial, s.parsed_choices(), s.frames, s.fusion_stages, s.fusion_ops, rng,
+        frames = sample_frames(s.spatial, choices, s.frames, s.fusion_stages, s.fusion_ops, rng,
                                shared=shared, fusion=fusion)
         if evaluator.fits(frames):
             out.append(frames)
@@ -461,12 +451,13 @@ def summarise(cfg: VideoSearchExperimentConfig, out: Path, evaluator: VideoEvalu
     twin = next((r for r in records if r["variant"] == "no-fusion" and r["index"] == winner["index"]), None)
     arch = arch_from_json(winner["arch"])
     save_arch_file(out / "best_video_arch.json", arch)
-    model = evaluator.video_model(arch.frames)
+    models = {v: evaluator.video_model(arch_from_json(r["arch"]).frames) for v, r in best.items()}
+    model = models["t-vipnas"]
     save_checkpoint(out / "best_video.pt", {"arch": arch.to_json(), "schema": evaluator.val.schema.name,
                                             "codec": evaluator.codec.to_dict(),
                                             "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
                                             "config": to_dict(cfg)})
-    speed = {v: evaluator.fps(evaluator.video_model(arch_from_json(r["arch"]).frames)) for v, r in best.items()}
+    speed = {v: evaluator.fps(m) for v, m in models.items()}
     key_only = score_video_model(evaluator.model.key, evaluator.val, evaluator.codec, evaluator.device,
                                  progress=False, batch_size=cfg.data.batch_size * 2)
     summary = {"metric": "posetrack", "budget": {"max_gmacs": cfg.search.max_gmacs, "frames": cfg.supernet.frames},

@@ -416,17 +416,12 @@ def sample_frames(space: str, choices: Choices, frames: int, stages: Sequence[in
     return tuple(one() for _ in range(frames))
 
 
-def check_in_supernet(frame: FrameArch, supernet: TemporalSupernet, where: str) -> None:
-    outside = in_choices(frame.spatial, supernet.choices)
-    if outside is not None:
-        raise PosenasError(f"{where}: not a sub-net of this supernet: {outside}")
-
-
 # ----------------------------------------------------------------------------- propagation
 
 def heatmap_from_image(matrices: torch.Tensor, stride: Sequence[float]) -> torch.Tensor:
     """(N, 3, 3) image -> heatmap-pixel affines from (N, 2, 3) image -> input-crop ones
-    (heatmap coordinates are input coordinates / stride, as the codec encodes them)."""
+    (heatmap coordinates are input coordinates / stride, as the codec encodes them; ``stride``
+    along ``(x, y)``, :attr:`HeatmapCodec.stride_xy`)."""
     n = matrices.shape[0]
     m = torch.zeros(n, 3, 3, dtype=torch.float64, device=matrices.device)
     m[:, :2] = matrices.double()
@@ -439,7 +434,8 @@ def heatmap_from_image(matrices: torch.Tensor, stride: Sequence[float]) -> torch
 def warp_heatmaps(heatmaps: torch.Tensor, from_matrix: torch.Tensor, to_matrix: torch.Tensor,
                   stride: Sequence[float]) -> torch.Tensor:
     """Heatmaps of crops ``from_matrix`` (image -> input, (N, 2, 3)) resampled into crops
-    ``to_matrix`` (bilinear; outside the source crop: 0). Equal matrices give the input back."""
+    ``to_matrix`` (bilinear; outside the source crop: 0). Equal matrices give the input back.
+    ``stride``: input pixels per heatmap pixel along ``(x, y)``."""
     n, _, h, w = heatmaps.shape
     src, dst = heatmap_from_image(from_matrix, stride), heatmap_from_image(to_matrix, stride)
     a = src @ torch.linalg.inv(dst)  # destination heatmap pixel -> source heatmap pixel
