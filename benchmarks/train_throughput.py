@@ -10,7 +10,8 @@ batch already in memory, through the same ``Objective.step`` the runs use, for
 - larger and searched nets trained plainly (SimpleBaseline-ResNet-50, S-ViPNAS-Res50 and
   -MobileNetV3, EfficientPose k3e6-small: what a search's retraining runs), and
 - each shipped CPU search's supernet step (ViPNAS sandwich rule: 4 sub-nets a step; EfficientPose
-  DNAS: an α step on held-out data and a weight step; PNFS synchronous fabrics),
+  DNAS: an α step on held-out data and a weight step; PNFS synchronous fabrics; AutoPose: an α
+  step and a weight step with a branch vector drawn from the controller),
 in fp32 NCHW, fp32 channels-last, bf16 autocast NCHW and channels-last (bf16 only where the CPU
 has it natively, or with ``--emulated-bf16``: then 1 timed step, to show the cost), and with
 ``--compile`` ``torch.compile`` of the plain models (compile time reported apart). Also the data
@@ -40,7 +41,7 @@ from posenas.engine.distributed import World
 from posenas.engine.precision import Precision, cpu_flags, native_bf16, resolve_precision
 from posenas.engine.train import Objective, make_codec, make_optimizer
 from posenas.resources import resolve_config
-from posenas.search import efficientpose, pnfs, vipnas
+from posenas.search import autopose, efficientpose, pnfs, vipnas
 from posenas.search.cost_table import build_cost_table, table_header
 
 BASELINES = ("simplebaseline-small", "simplebaseline-resnet18", "simplebaseline-mobilenetv2")
@@ -48,7 +49,8 @@ BASELINES = ("simplebaseline-small", "simplebaseline-resnet18", "simplebaseline-
 #: is keyed apart from its supernet's step (``<space>-supernet``, engine/precision.py), so both are timed.
 DERIVED = ("simplebaseline-resnet50", "vipnas/s-vipnas-res50", "vipnas/s-vipnas-mobilenetv3",
            "efficientpose/k3e6-small")
-SUPERNETS = ("vipnas/tiny-resnet", "vipnas/tiny-mobilenetv3", "efficientpose/tiny-small", "pnfs/tiny-coco")
+SUPERNETS = ("vipnas/tiny-resnet", "vipnas/tiny-mobilenetv3", "efficientpose/tiny-small", "pnfs/tiny-coco",
+             "autopose/tiny")
 MODES = {"fp32": Precision("fp32", False), "fp32-cl": Precision("fp32", True),
          "bf16": Precision("bf16", False), "bf16-cl": Precision("bf16", True)}
 
@@ -71,6 +73,10 @@ def objective_of(name: str, data_root: str, num_joints: int):
         sc = cfg.supernet
         table = build_cost_table(table_header("macs", sc.setting, sc.head_arch(), tuple(cfg.data.input_size), num_joints))
         return efficientpose.DNASObjective(cfg, table), cfg.training(), None  # None: the first α step
+    if name.startswith("autopose"):
+        # the controller (a REINFORCE update every epoch) starts after the steps timed here
+        cfg = load_config(autopose.AutoPoseExperimentConfig, path, [f"data.root={data_root}", "search.controller_start_epoch=0.5"])
+        return autopose.AutoPoseObjective(cfg), cfg.training(), None  # an α step and a weight step
     cfg = load_config(pnfs.PNFSExperimentConfig, path, [f"data.root={data_root}"])
     return pnfs.SynchronousObjective(cfg.supernet.arch(load_dataset(data_root, "val").schema), False, 0), cfg.training(), 0
 
@@ -97,7 +103,7 @@ def time_steps(name: str, mode: Precision, data_root: str, steps: int, compile_:
     for i in range(2 + steps):
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        objective.step(compiled, batch["image"], batch["target"], batch["target_weight"], step_index, world)
+        objective.step(compiled, batch, step_index, world)
         optimizer.step()
         elapsed = time.perf_counter() - start
         if i == 0 and compile_:

@@ -25,9 +25,11 @@ models"), per grouped conv of ``c`` channels per group, ``k x k``, fed by a 1x1 
   NCHWc; 1.45-2.05x faster). The sum costs ``(c-1) cin s²`` extra producer MACs per
   output channel and pixel at dense speed, merging ``k² (8 - c)`` extra grouped MACs at
   depthwise speed, about half as fast: the sum is chosen when
-  ``(c-1) cin s² < 2 k² (8 - c)`` (the faster of the two on all 13 measured layers; one,
-  4 per group 3x3 from 24 inputs, sits on the boundary), merging otherwise and wherever
-  there is no 1x1 producer to copy.
+  ``(c-1) cin s³ < 2 k² (B - c)`` (B the block; the faster of the two on all 13 layers
+  measured on AVX2 and all 8 of S-ViPNAS-MobileNetV3 on AVX-512, where a stride-2 layer's
+  sum measured slower than the s² form predicted: its strided depthwise convs run at about
+  half the unit-stride speed, hence s³; one, 4 per group 3x3 from 24 inputs, sits on the
+  boundary), merging otherwise and wherever there is no 1x1 producer to copy.
 - other ``c`` (ViPNAS-ResNet's 5, 10, 19, 38, ...): *pad* (:func:`pad_groups`) every
   group to the next multiple of 8 with zero channels made by the producer and ignored by
   the consumer, when that multiplies the grouped MACs by at most 1.6 (19 -> 24: 1.2x
@@ -56,6 +58,7 @@ import copy
 import functools
 import tempfile
 from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -433,9 +436,11 @@ def choose_grouped(per_group: int, kernel: int, stride: int, producer_in: int | 
         return None  # depthwise, or already NCHWc-friendly
     if block % per_group == 0:
         # depthwise sum: (c - 1) extra producer copies at dense speed, c depthwise convs; merging
-        # into 8 per group: 8 / c times the grouped MACs at depthwise speed
+        # into the block: block / c times the grouped MACs at depthwise speed. stride**3, not **2:
+        # the copies run at the input's s² pixels, and strided depthwise convs ran about half as
+        # fast per MAC as unit-stride ones (AVX-512, benchmarks/grouped_conv_rules.py)
         if producer_in is not None and \
-                (per_group - 1) * producer_in * stride**2 < DENSE_SPEEDUP * kernel**2 * (block - per_group):
+                (per_group - 1) * producer_in * stride**3 < DENSE_SPEEDUP * kernel**2 * (block - per_group):
             return "grouped-depthwise-sum"
         return "grouped-merge"
     padded = -(-per_group // block) * block
@@ -478,7 +483,7 @@ def is_dense_deconv(m: nn.Module) -> bool:
 
 
 def _rewrite_grouped(name: str, block: nn.Module, producer_attr: str, grouped_attr: str, consumer_attr: str,
-                     allowed: set[str], nchwc: int) -> Rewrite | None:
+                     allowed: set[str], nchwc: int, choose: Callable[..., str | None]) -> Rewrite | None:
     """Rewrite ``block.<grouped_attr>.conv`` (fed by ``block.<producer_attr>``, read by ``block.<consumer_attr>``)."""
     grouped_block, producer_block = getattr(block, grouped_attr), getattr(block, producer_attr)
     conv = grouped_block.conv
@@ -490,7 +495,7 @@ def _rewrite_grouped(name: str, block: nn.Module, producer_attr: str, grouped_at
         producer_block.conv.kernel_size == (1, 1) and producer_block.conv.stride == (1, 1) else None
     if conv.in_channels != conv.out_channels or conv.kernel_size[0] != conv.kernel_size[1]:
         return None
-    kind = choose_grouped(c, conv.kernel_size[0], conv.stride[0], producer.in_channels if producer else None, nchwc)
+    kind = choose(c, conv.kernel_size[0], conv.stride[0], producer.in_channels if producer else None, nchwc)
     if kind not in allowed:
         return None
     unfolded = [b for b in (producer_block, grouped_block) if any(isinstance(m, nn.BatchNorm2d) for m in b.modules())]
@@ -512,10 +517,13 @@ def _rewrite_grouped(name: str, block: nn.Module, producer_attr: str, grouped_at
 
 
 def rewrite_for_export(model: nn.Module, input_size: tuple[int, int], kinds: tuple[str, ...] | None = None,
-                       block: int | None = None) -> tuple[nn.Module, list[Rewrite]]:
+                       block: int | None = None, choose: Callable[..., str | None] | None = None,
+                       in_channels: int = 3) -> tuple[nn.Module, list[Rewrite]]:
     """A rewritten eval-mode copy of ``model`` and the rewrites applied (``kinds``: allowed kinds,
     default :data:`DEFAULT_KINDS`; ``block``: ORT's NCHWc block, default :func:`nchwc_block`). By default BN
     folding is kept only where another rewrite applies (it serves them; ORT folds BN itself).
+    ``choose``: the grouped-conv rule, default :func:`choose_grouped` (benchmarks force one kind
+    per layer with it); ``in_channels``: the input's channels (3 for a pose model, more for one block).
 
     The same rewrites are also applied to a float64 copy and checked, at one ``input_size``
     input, to compute what the original does (:func:`check_same`)."""
@@ -528,18 +536,19 @@ def rewrite_for_export(model: nn.Module, input_size: tuple[int, int], kinds: tup
         allowed &= {"fold-bn"}
     original = model.eval()
     model = copy.deepcopy(original)
-    done = _apply(model, allowed, block)
+    choose = choose or choose_grouped
+    done = _apply(model, allowed, block, choose)
     if kinds is None and all(r.kind == "fold-bn" for r in done):
         return copy.deepcopy(original), []  # ORT folds BN itself: alone it changes nothing
     if done:
         reference = copy.deepcopy(original).double()
         rewritten = copy.deepcopy(reference)
-        _apply(rewritten, allowed, block)
-        check_same(reference, rewritten, input_size)
+        _apply(rewritten, allowed, block, choose)
+        check_same(reference, rewritten, input_size, in_channels)
     return model, done
 
 
-def _apply(model: nn.Module, allowed: set[str], block: int) -> list[Rewrite]:
+def _apply(model: nn.Module, allowed: set[str], block: int, choose: Callable[..., str | None]) -> list[Rewrite]:
     """Rewrite ``model`` in place; the rewrites applied."""
     from posenas.models.blocks import Bottleneck, InvertedResidual, SqueezeExcite
     from posenas.models.heads import DeconvHead
@@ -548,9 +557,9 @@ def _apply(model: nn.Module, allowed: set[str], block: int) -> list[Rewrite]:
     for name, m in list(model.named_modules()):
         r = None
         if isinstance(m, InvertedResidual) and isinstance(m.depthwise, nn.Sequential):
-            r = _rewrite_grouped(name, m, "expand", "depthwise", "project", allowed, block)
+            r = _rewrite_grouped(name, m, "expand", "depthwise", "project", allowed, block, choose)
         elif isinstance(m, Bottleneck) and getattr(m.conv2.conv, "groups", 1) > 1:
-            r = _rewrite_grouped(name, m, "conv1", "conv2", "conv3", allowed, block)
+            r = _rewrite_grouped(name, m, "conv1", "conv2", "conv3", allowed, block, choose)
         if r is not None:
             done.append(r)
     deconvs = {"deconv-subpixel": (is_depthwise_deconv, SubpixelDeconv, "depthwise"),
@@ -584,13 +593,13 @@ def _apply(model: nn.Module, allowed: set[str], block: int) -> list[Rewrite]:
 SELF_CHECK_TOLERANCE = 1e-9
 
 
-def check_same(original: nn.Module, rewritten: nn.Module, input_size: tuple[int, int]) -> None:
+def check_same(original: nn.Module, rewritten: nn.Module, input_size: tuple[int, int], in_channels: int = 3) -> None:
     """Raise if ``rewritten`` does not compute ``original``'s function (a bug in a rewrite, never bad input).
 
     Both are run as they are: :func:`rewrite_for_export` passes float64 copies, so float32
     rounding, which grows with depth and weight scale, cannot hide an error."""
     param = next(original.parameters())
-    x = torch.randn(1, 3, *input_size, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x = torch.randn(1, in_channels, *input_size, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     x = x.to(device=param.device, dtype=param.dtype)
     with torch.no_grad():
         a, b = original(x), rewritten(x)

@@ -242,6 +242,17 @@ def test_grouped_conv_rule(per_group, kernel, stride, producer_in, expected):
     assert choose_grouped(per_group, kernel, stride, producer_in, 8) == expected
 
 
+@pytest.mark.parametrize("per_group,kernel,stride,producer_in,expected", [
+    (8, 7, 2, 24, "grouped-merge"), (8, 7, 1, 40, "grouped-depthwise-sum"),   # 8 per group is not NCHWc here
+    (4, 5, 2, 40, "grouped-merge"), (4, 5, 1, 80, "grouped-depthwise-sum"),
+    (2, 7, 1, 112, "grouped-depthwise-sum"), (4, 5, 2, 112, "grouped-merge"), (4, 5, 1, 160, "grouped-depthwise-sum"),
+    (16, 5, 1, 40, None), (38, 5, 1, 608, "grouped-pad"), (19, 5, 1, 304, None)])  # 19 -> 32: 2.8x the MACs
+def test_grouped_conv_rule_on_avx512(per_group, kernel, stride, producer_in, expected):
+    """The faster candidate of every S-ViPNAS layer timed with ORT's 16-channel NCHWc block
+    (benchmarks/grouped_conv_rules.py; docs/benchmarks.md, "Inference speed of exported models")."""
+    assert choose_grouped(per_group, kernel, stride, producer_in, 16) == expected
+
+
 def onnx_graph_ops(data: bytes) -> list[tuple[str, int, int]]:
     """(op type, group, input channels per group) of every Conv / ConvTranspose node of a graph,
     (op type, 0, 0) of its ReduceMean and AveragePool nodes."""

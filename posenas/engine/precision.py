@@ -36,13 +36,14 @@ CHANNELS_LAST = ("auto", True, False)
 #: supernet steps of ViPNAS-ResNet 1.17, ViPNAS-MobileNetV3 1.45, EfficientPose 1.95, PNFS 1.21;
 #: and on a 2-core AVX512-BF16 AMD EPYC (Zen 5): the same, plus SimpleBaseline-ResNet-50 1.40 and
 #: the plain training of searched nets (S-ViPNAS-Res50 1.75, S-ViPNAS-MobileNetV3 2.3,
-#: EfficientPose k3e6-small 1.28). A family not listed (not measured) trains NCHW in FP32.
+#: EfficientPose k3e6-small 1.28); and on a 2-core Intel Xeon with AMX the AutoPose supernet step
+#: 1.14-1.15. A family not listed (not measured) trains NCHW in FP32.
 #: A supernet's step is a family of its own (``<space>-supernet``, :meth:`Objective.family`);
 #: PNFS trains the same fabric model in its search and after it, so one key serves both.
 CHANNELS_LAST_FP32: frozenset[str] = frozenset({
     "simplebaseline-resnet18", "simplebaseline-mobilenetv2", "simplebaseline-resnet50",
     "vipnas-resnet", "vipnas-mobilenetv3", "efficientpose", "pnfs-mobilenetv2",
-    "vipnas-resnet-supernet", "vipnas-mobilenetv3-supernet", "efficientpose-supernet"})
+    "vipnas-resnet-supernet", "vipnas-mobilenetv3-supernet", "efficientpose-supernet", "autopose-supernet"})
 
 #: Families that ``auto`` keeps in FP32 (channels-last) even on a CPU with native bf16, because
 #: their bf16 channels-last step measured slower than the FP32 channels-last one there (2-core
@@ -57,12 +58,26 @@ FP32_ON_BF16_CPUS: frozenset[str] = frozenset({
     "vipnas-resnet-supernet", "vipnas-mobilenetv3-supernet", "efficientpose-supernet", "pnfs-mobilenetv2",
     "vipnas-mobilenetv3", "autopose-supernet"})
 
+#: Of those, the families whose bf16 channels-last step is faster than FP32 channels-last where the
+#: CPU has AMX (its bf16 tile units, beside AVX512-BF16), measured on a 2-core Intel Xeon with
+#: AMX-BF16: the ViPNAS-ResNet supernet step 1.26-1.27 (0.78 on the AVX512-BF16 Zen 5). The
+#: others stayed within noise or slower there (ViPNAS-MobileNetV3 supernet 1.02-1.03, AutoPose
+#: 1.04-1.06, PNFS 0.89-0.97, EfficientPose DNAS 0.76, S-ViPNAS-MobileNetV3 plain 0.73), so they
+#: keep FP32 on every CPU.
+BF16_ON_AMX_CPUS: frozenset[str] = frozenset({"vipnas-resnet-supernet"})
+
 
 def native_bf16(device: torch.device) -> bool:
     """Whether bf16 runs in hardware here (CPU: oneDNN's check for AVX512-BF16 / AMX; CUDA: Ampere+)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def has_amx() -> bool:
+    """Whether this CPU has AMX-BF16 tile units (torch's own CPU capability check)."""
+    caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
+    return bool(caps.get("amx_bf16"))
 
 
 def cpu_flags() -> str:
@@ -135,7 +150,7 @@ def resolve_precision(precision: str, channels_last: str | bool, device: torch.d
     """``train.precision`` / ``train.channels_last`` for this device and model family.
 
     ``auto``: bf16 where the hardware has it, except on a CPU for the families in
-    :data:`FP32_ON_BF16_CPUS`, else FP32; channels-last under bf16, and under FP32 for the
+    :data:`FP32_ON_BF16_CPUS` (unless in :data:`BF16_ON_AMX_CPUS` on a CPU with AMX), else FP32; channels-last under bf16, and under FP32 for the
     families in :data:`CHANNELS_LAST_FP32`. An explicit ``bf16`` is honoured on any device (slow
     where emulated; the run says so).
     """
@@ -144,7 +159,7 @@ def resolve_precision(precision: str, channels_last: str | bool, device: torch.d
     if channels_last not in CHANNELS_LAST:
         raise PosenasError(f"config.train.channels_last: expected auto, true or false, got {channels_last!r}")
     if precision == "auto":
-        faster = device.type == "cuda" or family not in FP32_ON_BF16_CPUS
+        faster = device.type == "cuda" or family not in FP32_ON_BF16_CPUS or (family in BF16_ON_AMX_CPUS and has_amx())
         dtype = "bf16" if native_bf16(device) and faster else "fp32"
     else:
         dtype = precision
