@@ -57,8 +57,8 @@ from __future__ import annotations
 import copy
 import functools
 import tempfile
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
