@@ -36,6 +36,11 @@ random_ap, searched_gmacs, random_gmacs over the search seeds and the mean diffe
 with its standard error; part ``method_runs``, the settings, the baselines and every variant's
 seeds (AP, GMACs, search minutes, arch). Each search's run directory can be put side by side
 with ``posenas compare``.
+
+The summary is the benchmark's memory across machines: a baseline with all its train seeds, and a
+(method, search seed) with every variant, that ``--summary`` already holds are not run again (its
+settings must equal this run's, or the script stops), so committing the summary after each seed
+keeps finished work when the run folders are gone.
 """
 
 from __future__ import annotations
@@ -243,14 +248,21 @@ def main() -> None:
           f"search {args.search_steps} steps, retrain {args.retrain_steps} steps", flush=True)
     summary = read_json(args.summary) if Path(args.summary).exists() else {}
     detail = summary.setdefault("method_runs", {})  # settings, baselines, every variant's seeds
-    detail.update(search_steps=args.search_steps, retrain_steps=args.retrain_steps,
-                  vipnas_candidates=args.vipnas_candidates, random_archs=args.random_archs)
+    settings = {"search_steps": args.search_steps, "retrain_steps": args.retrain_steps,
+                "vipnas_candidates": args.vipnas_candidates, "random_archs": args.random_archs}
+    clash = {k: detail[k] for k, v in settings.items() if k in detail and detail[k] != v}
+    if clash:  # the summary's results were made with other settings: never mix them
+        raise SystemExit(f"{args.summary}: its method_runs were measured with {clash}, not {settings}; "
+                         "pass the same settings or another --summary")
+    detail.update(settings)
 
     def save() -> None:
         write_json(args.summary, summary, indent=2)
 
     baselines = detail.setdefault("baselines", {})
     for name in BASELINES:
+        if baselines.get(name, {}).get("n") == len(BASELINE_SEEDS):
+            continue  # measured with these settings (the summary is committed; run folders are not)
         aps = [run(f"{name} seed {s}", [f"model.name={name}"], args.retrain_steps,
                    out / "baselines" / f"{name}-{args.retrain_steps}-seed{s}", [f"train.seed={s}"])["AP"]
                for s in BASELINE_SEEDS]
@@ -261,6 +273,9 @@ def main() -> None:
     for method in methods:
         rows = detail.setdefault(method, {})
         for seed in seeds:
+            if all(str(seed) in rows.get(v, {}).get("seeds", {}) for v in VARIANTS[method]):
+                print(f"== {method}, search seed {seed}: in {args.summary} already", flush=True)
+                continue
             print(f"== {method}, search seed {seed}", flush=True)
             found = SEARCHES[method](out, seed, args)
             for variant, f in found.items():
