@@ -67,6 +67,18 @@ def test_shipped_config_loads_with_its_typed_class(name):
     assert SHIPPED_ROOT.joinpath(name).read_text().startswith("# ")  # `posenas configs` shows that line
 
 
+@pytest.mark.parametrize("name", [n for n in CONFIGS if n.startswith(("autopose/", "proxy/autopose"))])
+def test_autopose_configs_start_their_controller_within_the_run(name):
+    """The controller's start (epochs of N_iter steps) must lie inside the run whatever the data's
+    size: with N_iter left to one pass over the data, autopose/tiny's 60 steps ended before the
+    161-step first epoch of the default dataset and the search refused to start."""
+    cfg = load_config(config_class(name), SHIPPED_ROOT / name)
+    s, t = cfg.search, cfg.train
+    assert s.iterations is not None, f"{name}: search.iterations (N_iter) must be set"
+    if t.max_steps:
+        assert s.controller_start_epoch * s.iterations < t.max_steps
+
+
 def test_paper_recipes_are_the_papers():
     """Spot checks of the numbers each paper states (the rest is commented in the YAMLs)."""
     def load(name):
