@@ -61,6 +61,7 @@ from proxy_tier import DATA, SPEC, input_size, run
 from posenas.arch import build_model, load_arch_file, named_arch
 from posenas.config import load_config
 from posenas.cost import count_macs
+from posenas.engine.precision import cpu_flags
 from posenas.jsonio import read_json, read_jsonl, write_json
 from posenas.search.autopose import AutoPoseExperimentConfig, run_autopose
 from posenas.search.efficientpose import DNASExperimentConfig, random_search_archs, run_dnas, run_random_search
@@ -284,7 +285,7 @@ def main() -> None:
                         out / "retrain" / f"{name}-{args.retrain_steps}")
                 row = rows.setdefault(variant, {"seeds": {}})
                 row["seeds"][str(seed)] = {"AP": r["AP"], "gmacs": gmacs_of(f["arch_file"]),
-                                           "search_min": round(f["search_min"], 2),
+                                           "search_min": round(f["search_min"], 2), "cpu": cpu_flags(),
                                            "arch": read_json(f["arch_file"]),
                                            **({"reward_curve": f["reward_curve"]} if "reward_curve" in f else {})}
                 done = list(row["seeds"].values())
