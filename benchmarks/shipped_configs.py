@@ -1,6 +1,7 @@
 """Wall time of every shipped CPU config, measured on a shortened run and projected to its full length.
 
 Run: .venv/bin/python benchmarks/shipped_configs.py [--steps 30] [--out runs/bench-configs]
+     [--set KEY=VALUE ...] [--against KEY=VALUE ...]
 
 Each config runs through the `posenas` command in a subprocess (one at a time: the machine has
 2 cores) with ``train.max_steps=STEPS`` and the search phase cut down to a few evaluations
@@ -9,6 +10,8 @@ run (``epochs × steps_per_epoch`` from the checkpoint's layout), the seconds pe
 measured steps, and the seconds of everything after training (candidates, derivation, export,
 validation); it prints a Markdown table with the full run's projected training minutes. The
 configs in :data:`WHOLE` (a few minutes each) run as shipped, so their wall time is measured.
+``--against KEY=VALUE ...`` runs each config a second time with those overrides right after the
+first (FP32 NCHW against ``auto``, say) and prints the speed-ups of the pairs.
 Runs resume: a finished config is read back from its run directory.
 """
 
@@ -89,11 +92,18 @@ def main() -> None:
     ap.add_argument("--data", default="data/synthetic/coco", help="the default synthetic COCO dataset")
     ap.add_argument("--configs", nargs="*", default=list(CONFIGS), help="which shipped configs")
     ap.add_argument("--set", nargs="*", default=[], help="extra overrides for every config (e.g. "
-                    "train.precision=fp32 train.channels_last=false, to compare with auto; use another --out)")
+                    "train.precision=fp32 train.channels_last=false; use another --out)")
+    ap.add_argument("--against", nargs="*", default=None, help="also run every config with these overrides "
+                    "right after it (in OUT/against), e.g. train.precision=fp32 train.channels_last=false, and "
+                    "print the ratios: pairs minutes apart, so the machine's drift hits both alike")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = [run_one(name, args.steps, out, args.data, tuple(args.set)) for name in args.configs]
+    rows, pairs = [], []
+    for name in args.configs:
+        rows.append(run_one(name, args.steps, out, args.data, tuple(args.set)))
+        if args.against is not None:
+            pairs.append(run_one(name, args.steps, out / "against", args.data, tuple(args.set) + tuple(args.against)))
     print(f"\n{platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; {args.steps} steps measured per config; overrides {args.set or 'none'}\n")
     print("| config | s / step | full run: steps | projected training min | after training (s) | wall of this run (s) |")
@@ -102,6 +112,13 @@ def main() -> None:
         whole = " (whole run)" if r["config"] in WHOLE else ""
         print(f"| `{r['config']}` | {r['s_per_step']:.2f} | {r['full_steps']} | {r['projected_train_min']:.1f} | "
               f"{r['after_training_s']:.0f} | {r['wall_s']:.0f}{whole} |")
+    if pairs:
+        print(f"\nagainst {args.against} (each run right after the one above):\n")
+        print("| config | s / step, against | speed-up per step | wall, against (s) | wall speed-up |")
+        print("|---|---:|---:|---:|---:|")
+        for r, q in zip(rows, pairs):
+            print(f"| `{r['config']}` | {q['s_per_step']:.2f} | {q['s_per_step'] / r['s_per_step']:.2f} | "
+                  f"{q['wall_s']:.0f} | {q['wall_s'] / r['wall_s']:.2f} |")
 
 
 if __name__ == "__main__":
