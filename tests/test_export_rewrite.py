@@ -253,6 +253,23 @@ def test_grouped_conv_rule_on_avx512(per_group, kernel, stride, producer_in, exp
     assert choose_grouped(per_group, kernel, stride, producer_in, 16) == expected
 
 
+def test_a_forced_rule_rewrites_one_block_of_any_input_width(float64):
+    """``choose`` overrides the rule (benchmarks/grouped_conv_rules.py times every candidate with it)
+    and ``in_channels`` lets the float64 self-check feed a lone block: each forced kind applies and
+    computes the block's function."""
+    from posenas.models.blocks import InvertedResidual
+
+    block = randomize(InvertedResidual(24, 24, expansion=4, kernel=5, dw_groups=24))  # 4 per group
+    x = torch.randn(1, 24, 12, 8)
+    for kind in ("grouped-depthwise-sum", "grouped-merge", "grouped-pad"):
+        rewritten, done = rewrite_for_export(block, (12, 8), kinds=("fold-bn", kind), block=8,
+                                             choose=lambda *a, kind=kind: kind, in_channels=24)
+        assert [r.kind for r in done if r.kind != "fold-bn"] == [kind]
+        with torch.no_grad():
+            assert_same(block(x), rewritten(x))
+    assert choose_grouped(4, 5, 1, 24, 8) == "grouped-depthwise-sum"  # the rule alone: so merge, pad were forced
+
+
 def onnx_graph_ops(data: bytes) -> list[tuple[str, int, int]]:
     """(op type, group, input channels per group) of every Conv / ConvTranspose node of a graph,
     (op type, 0, 0) of its ReduceMean and AveragePool nodes."""
