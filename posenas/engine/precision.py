@@ -52,8 +52,8 @@ CHANNELS_LAST_FP32: frozenset[str] = frozenset({
 #: and few channels per group leave oneDNN's bf16 kernels little to gain over the casts they
 #: add) and the plain training of ViPNAS-MobileNetV3 nets (0.80-0.94). Every other family
 #: measured (the SimpleBaselines 1.5-1.6, S-ViPNAS-Res50 1.2-1.7, EfficientPose 1.57) trains
-#: faster in bf16. The AutoPose supernet (mixed ops of few channels, as the others) is not
-#: measured yet and kept in FP32 with them. On CUDA, bf16 is used wherever the GPU has it.
+#: faster in bf16. The AutoPose supernet, measured later on an AMX Xeon only (bf16-cl / fp32-cl
+#: 1.04-1.06, within noise), is kept in FP32 with them. On CUDA, bf16 is used wherever the GPU has it.
 FP32_ON_BF16_CPUS: frozenset[str] = frozenset({
     "vipnas-resnet-supernet", "vipnas-mobilenetv3-supernet", "efficientpose-supernet", "pnfs-mobilenetv2",
     "vipnas-mobilenetv3", "autopose-supernet"})
@@ -74,15 +74,19 @@ def native_bf16(device: torch.device) -> bool:
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
+def _cpu_capabilities() -> dict[str, Any]:
+    """torch's own reading of this CPU (model name, instruction sets); empty where torch has none."""
+    return torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
+
+
 def has_amx() -> bool:
-    """Whether this CPU has AMX-BF16 tile units (torch's own CPU capability check)."""
-    caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
-    return bool(caps.get("amx_bf16"))
+    """Whether this CPU has AMX-BF16 tile units."""
+    return bool(_cpu_capabilities().get("amx_bf16"))
 
 
 def cpu_flags() -> str:
     """The CPU's model and the instruction sets that decide precision (for logs and benchmarks)."""
-    caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
+    caps = _cpu_capabilities()
     flags = [f for f in ("avx2", "avx512_f", "avx512_bf16", "amx_bf16", "amx_int8", "avx512_vnni", "avx_vnni")
              if caps.get(f)]
     return f"{caps.get('cpu_name', 'CPU')} ({', '.join(flags) or 'no AVX2'})"
