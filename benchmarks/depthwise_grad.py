@@ -191,7 +191,7 @@ def main() -> None:
             m.weight.requires_grad_(True)
     what_if = {}
     if native_bf16(torch.device("cpu")):
-        print("\n| model (batch 32) | fp32-cl ms | bf16-cl ms | bf16-cl, depthwise fp32 ms | speed-up over fp32-cl | speed-up over bf16-cl |\n"
+        print(f"\n| model (batch {args.batch}) | fp32-cl ms | bf16-cl ms | bf16-cl, depthwise fp32 ms | speed-up over fp32-cl | speed-up over bf16-cl |\n"
               "|---|---:|---:|---:|---:|---:|", flush=True)
         nets = {f"EfficientPose {args.setting} supernet, {height}x{width}": (model, x)}
         for name in ("efficientpose/k3e6-small.json", "vipnas/s-vipnas-mobilenetv3.json"):
