@@ -5,7 +5,7 @@ Run: flock /tmp/cpu.lock .venv/bin/python -W ignore benchmarks/depthwise_grad.py
 
 Why it exists: the EfficientPose supernet (every MBConv candidate of every position, Eq. 3) and
 the MobileNet-style nets gain little or lose under bf16 / channels-last (docs/benchmarks.md,
-"On a CPU with AMX"). This measures the reason. Two parts, side by side in one run:
+"On a CPU with AMX"). This measures the reason. Three parts, side by side in one run:
 
 1. Each distinct depthwise conv of the supernet at its real shape (the proxy tier's 96x64 crops,
    batch 32): ms of the forward, of forward + input gradient, and of forward + input and weight
@@ -44,6 +44,10 @@ from posenas.spaces.efficientpose import EfficientPoseSupernet
 def median_ms(call, runs: int) -> float:
     """Median ms of ``runs`` calls after one warm-up (posenas.cost's timer)."""
     return time_calls(lambda _: call(), None, warmup=1, runs=runs)["median"]
+
+
+def is_depthwise(m: nn.Module) -> bool:
+    return isinstance(m, nn.Conv2d) and m.groups == m.in_channels == m.out_channels and m.groups > 1
 
 
 def rate(value: float | None) -> str:
@@ -92,19 +96,21 @@ def time_depthwise(shape: tuple[int, ...], mode: str, runs: int) -> dict:
 
 
 def time_supernet_step(model: nn.Module, x: torch.Tensor, runs: int, freeze_depthwise: bool) -> float:
-    for m in model.modules():
-        if is_depthwise(m):
-            m.weight.requires_grad_(not freeze_depthwise)
+    """Median ms of a forward + backward; ``freeze_depthwise`` skips the depthwise weight gradients
+    for the timing only (the weights train again afterwards)."""
+    depthwise = [m.weight for m in model.modules() if is_depthwise(m)]
+    for w in depthwise:
+        w.requires_grad_(not freeze_depthwise)
 
     def step():
         model.zero_grad(set_to_none=True)
         model(x).float().pow(2).mean().backward()
 
-    return median_ms(step, runs)
-
-
-def is_depthwise(m: nn.Module) -> bool:
-    return isinstance(m, nn.Conv2d) and m.groups == m.in_channels == m.out_channels and m.groups > 1
+    try:
+        return median_ms(step, runs)
+    finally:
+        for w in depthwise:
+            w.requires_grad_(True)
 
 
 def _fp32_forward(self: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
@@ -186,9 +192,6 @@ def main() -> None:
         s = steps[layout]
         print(f"\nsupernet step fp32 {layout}: {s['full_ms']:.0f} ms; depthwise weights frozen {s['frozen_dw_ms']:.0f} ms "
               f"(the depthwise weight gradients are {1 - s['frozen_dw_ms'] / s['full_ms']:.0%} of the step)", flush=True)
-    for m in model.modules():  # the last step above froze them
-        if is_depthwise(m):
-            m.weight.requires_grad_(True)
     what_if = {}
     if native_bf16(torch.device("cpu")):
         print(f"\n| model (batch {args.batch}) | fp32-cl ms | bf16-cl ms | bf16-cl, depthwise fp32 ms | speed-up over fp32-cl | speed-up over bf16-cl |\n"
