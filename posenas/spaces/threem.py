@@ -52,6 +52,7 @@ Architecture JSON (``cells``: one entry per fabric position, in layer then row o
 
 from __future__ import annotations
 
+import abc
 import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple, Sequence
@@ -317,7 +318,7 @@ class ExitState(NamedTuple):
                          None if self.skip is None else self.skip[index], self.sizes)
 
 
-class _Fabric(nn.Module):
+class _Fabric(nn.Module, abc.ABC):
     """The stem, the fabric's cells and the exits, shared by the supernet and the derived net;
     ``cell_weights(i)`` gives cell i's (op weights, active ops, input weights, active inputs)."""
 
@@ -352,8 +353,10 @@ class _Fabric(nn.Module):
         #: a list while the teacher loss records every cell's output of a forward (else None)
         self.cell_outputs: list[torch.Tensor] | None = None
 
+    @abc.abstractmethod
     def cell_weights(self, i: int) -> tuple[Any, Any, Any, Any]:
-        raise NotImplementedError
+        """Cell i's (op weights, active ops, input weights, active inputs): fixed in the derived net,
+        sampled in the supernet."""
 
     def _rows_read(self, cells: Sequence[CellArch | None], layer: int) -> list[int]:
         """The rows of 1-based layer ``layer`` that the next layer's kept cells take as inputs."""
