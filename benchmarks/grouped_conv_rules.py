@@ -22,11 +22,9 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import logging
 import os
 import statistics
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +34,7 @@ from torch import nn
 from posenas.arch import build_model, load_arch_file
 from posenas.cost import time_calls
 from posenas.engine.precision import cpu_flags
+from posenas.export import onnx_proto
 from posenas.export_rewrite import choose_grouped, nchwc_block, rewrite_for_export
 from posenas.models.blocks import Bottleneck, InvertedResidual
 from posenas.resources import SHIPPED_ROOT
@@ -98,12 +97,7 @@ def candidates(block: nn.Module, shape: tuple[int, ...], nchwc: int) -> dict[str
 
 
 def onnx_of(module: nn.Module, shape: tuple[int, ...]) -> bytes:
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(module, (torch.zeros(shape),), input_names=["x"], output_names=["y"],
-                                    dynamo=True, opset_version=18, verbose=False)
-    return program.model_proto.SerializeToString()
+    return onnx_proto(module, (torch.zeros(shape),), ["x"], ["y"]).SerializeToString()
 
 
 def time_layer(graphs: dict[str, bytes], shape: tuple[int, ...], runs: int, rounds: int) -> dict[str, float]:

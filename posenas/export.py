@@ -49,6 +49,18 @@ def real_input(input_size: tuple[int, int], seed: int = 0) -> torch.Tensor:
     return torch.from_numpy(normalize_image(sample.crop))[None]
 
 
+def onnx_proto(module: torch.nn.Module, example: tuple[torch.Tensor, ...], input_names: list[str],
+               output_names: list[str], *, opset: int = 18, dynamic_shapes=None):
+    """``module`` traced on ``example`` by the dynamo exporter, its chatter silenced: the ModelProto
+    (the one exporter call of the project; a benchmark exporting a single block uses it too)."""
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(module, example, input_names=input_names, output_names=output_names,
+                                    dynamo=True, opset_version=opset, dynamic_shapes=dynamic_shapes, verbose=False)
+    return program.model_proto
+
+
 def onnx_bytes(model: torch.nn.Module, input_size: tuple[int, int], *, opset: int = 18, dynamic_batch: bool = False,
                metadata: dict[str, str] | None = None, where: str = "model", rewrite: bool = True,
                heatmap_input: tuple[int, int, int] | None = None) -> bytes:
@@ -73,15 +85,10 @@ def onnx_bytes(model: torch.nn.Module, input_size: tuple[int, int], *, opset: in
     names = ["heatmaps"] + [f"heatmaps_{i}" for i in range(1, count)]
     batch = torch.export.Dim("batch", min=1, max=1024)
     dynamic = tuple({0: batch} for _ in example) if dynamic_batch else None
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            program = torch.onnx.export(model, example, input_names=INPUT_NAMES[:len(example)], output_names=names,
-                                        dynamo=True, opset_version=opset, dynamic_shapes=dynamic, verbose=False)
-        except Exception as e:  # the exporter raises many kinds
-            raise PosenasError(f"{where}: ONNX export failed: {str(e).splitlines()[0][:200]}") from None
-    proto = program.model_proto
+    try:
+        proto = onnx_proto(model, example, INPUT_NAMES[:len(example)], names, opset=opset, dynamic_shapes=dynamic)
+    except Exception as e:  # the exporter raises many kinds
+        raise PosenasError(f"{where}: ONNX export failed: {str(e).splitlines()[0][:200]}") from None
     for key, value in (metadata or {}).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = METADATA_PREFIX + key, value
@@ -113,14 +120,14 @@ def _check_parity(model: torch.nn.Module, data: bytes, inputs: dict[str, torch.T
 def exit_path(out: str | Path, exit_number: int) -> Path:
     """Where early exit ``exit_number`` (1-based) of a multi-exit model is exported beside ``out``: NAME.exitN.onnx."""
     out = Path(out)
-    stem = out.name[: -len(".onnx")] if out.name.endswith(".onnx") else out.name
+    stem = out.name.removesuffix(".onnx")
     return out.with_name(f"{stem}.exit{exit_number}.onnx")
 
 
 def frame_path(out: str | Path, frame: int) -> Path:
     """Where T-ViPNet ``frame`` (1-based) of a video model is exported beside ``out``: NAME.frameN.onnx."""
     out = Path(out)
-    stem = out.name[: -len(".onnx")] if out.name.endswith(".onnx") else out.name
+    stem = out.name.removesuffix(".onnx")
     return out.with_name(f"{stem}.frame{frame}.onnx")
 
 
