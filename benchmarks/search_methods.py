@@ -18,7 +18,11 @@ For every method and search seed s (``train.seed`` and ``search.seed`` = s), on 
   CPU seconds of the process, which pauses and other load do not inflate).
 - ``pnfs`` (configs/proxy/pnfs.yaml): synchronous and first-order DARTS, --search-steps steps,
   and the fabric with alpha, beta drawn from N(0, 1) with seed s and frozen (the paper's
-  random baseline; same steps, so the same wall clock as synchronous).
+  random baseline; same steps, so the same wall clock as synchronous); and ``uniform``, no
+  search at all: alpha, beta left at their initial zeros (every op and input weighted equally),
+  pruned at the same threshold, the same arch for every s and so retrained with train seed s.
+  Both searches ended with alpha near uniform, so this baseline says whether they found
+  anything beyond the even weighting they started from.
 - ``autopose`` (configs/proxy/autopose.yaml): the REINFORCE controller against coin-flip
   branch vectors under the same cell search, every branch on (the paper's "fixed to four"),
   and the aggregation-cell ablation (plain concatenation, with the controller), --search-steps
@@ -27,13 +31,13 @@ For every method and search seed s (``train.seed`` and ``search.seed`` = s), on 
 
 Every pick (ViPNAS/EfficientPose: best_arch.json; PNFS: arch_pruned.json) is retrained from
 scratch with the tier recipe (configs/proxy/baseline-small.yaml) for --retrain-steps steps, train
-seed 0, and scored with COCO OKS AP on all val images, GT boxes, flip test; the SimpleBaselines
+seed 0 (PNFS uniform: s), and scored with COCO OKS AP on all val images, GT boxes, flip test; the SimpleBaselines
 with the same recipe and steps, train seeds 0..2 (their spread is the retraining noise). The
 summary goes to ``--summary``: part ``methods``, one entry per searched variant (``vipnas``,
 ``efficientpose``, ``efficientpose-cpu_latency``, ``pnfs``, ``pnfs-darts``, ``autopose``; the
 AutoPose all-branches and concat rows are in ``method_runs``) with searched_ap,
 random_ap, searched_gmacs, random_gmacs over the search seeds and the mean difference to random
-with its standard error; part ``method_runs``, the settings, the baselines and every variant's
+with its standard error (PNFS also uniform_ap and versus_uniform, the same against no search); part ``method_runs``, the settings, the baselines and every variant's
 seeds (AP, GMACs, search minutes, arch). Each search's run directory can be put side by side
 with ``posenas compare``.
 
@@ -58,9 +62,10 @@ import torch
 from efficientpose_synthetic import single_arch_step_seconds
 from proxy_tier import DATA, SPEC, input_size, run
 
-from posenas.arch import build_model, load_arch_file, named_arch
+from posenas.arch import build_model, load_arch_file, named_arch, save_arch_file
 from posenas.config import load_config
 from posenas.cost import count_macs
+from posenas.data.layout import load_dataset
 from posenas.engine.precision import cpu_flags
 from posenas.jsonio import read_json, read_jsonl, write_json
 from posenas.search.autopose import AutoPoseExperimentConfig, run_autopose
@@ -69,13 +74,14 @@ from posenas.search.pnfs import PNFSExperimentConfig, run_pnfs
 from posenas.search.rundir import open_search_dir
 from posenas.search.vipnas import search_supernet, train_supernet
 from posenas.search.vipnas_config import SearchExperimentConfig
+from posenas.spaces.pnfs import PNFSModel, export_arch, prune_arch
 from posenas.synthetic.generate import default_spec, ensure_synthetic
 
 CONFIGS = {"vipnas": "configs/proxy/vipnas-resnet.yaml", "efficientpose": "configs/proxy/efficientpose.yaml",
            "pnfs": "configs/proxy/pnfs.yaml", "autopose": "configs/proxy/autopose.yaml"}
 #: Per method: the variants compared, the first being the method's random baseline.
 VARIANTS = {"vipnas": ("random", "evolution"), "efficientpose": ("random", "dnas-macs", "dnas-cpu_latency"),
-            "pnfs": ("random", "synchronous", "darts"), "autopose": ("random", "controller", "all", "concat")}
+            "pnfs": ("random", "synchronous", "darts", "uniform"), "autopose": ("random", "controller", "all", "concat")}
 #: The entries of the summary's ``methods`` part: (method, searched variant), each against its random.
 ENTRIES = {"vipnas": ("vipnas", "evolution"), "efficientpose": ("efficientpose", "dnas-macs"),
            "efficientpose-cpu_latency": ("efficientpose", "dnas-cpu_latency"), "pnfs": ("pnfs", "synchronous"),
@@ -172,13 +178,20 @@ def pnfs_searches(out: Path, seed: int, args) -> dict[str, dict]:
     cfg = load_config(PNFSExperimentConfig, CONFIGS["pnfs"], overrides("pnfs", seed, args))
     root = out / "pnfs" / f"seed{seed}"
     found = {}
-    for strategy in VARIANTS["pnfs"]:
+    for strategy in ("random", "synchronous", "darts"):  # the variants that train a fabric
         scfg = replace(cfg, search=replace(cfg.search, strategy=strategy))
         folder = root / strategy
         seconds = timed(root / f"{strategy}.wall.json",
                         lambda: run_pnfs(scfg, folder, resume=(folder / "config.yaml").exists()))
         found[strategy] = {"arch_file": folder / "arch_pruned.json", "search_min": seconds / 60,
                            "score": read_json(folder / "results.json")["pruned"]["score"]}
+    uniform = root / "uniform" / "arch_pruned.json"
+    if not uniform.exists():  # the fabric as every search starts it: softmax of zeros, nothing learnt
+        schema = load_dataset(cfg.data.root, cfg.data.val_split).schema
+        dense = export_arch(PNFSModel(cfg.supernet.arch(schema), schema.num_joints))
+        save_arch_file(uniform, prune_arch(dense, cfg.search.prune_threshold))
+    # one arch for every search seed: its retrain takes train seed s, so its spread is training noise
+    found["uniform"] = {"arch_file": uniform, "search_min": 0.0, "retrain_overrides": [f"train.seed={seed}"]}
     return found
 
 
@@ -211,11 +224,11 @@ def mean_std(values: list[float]) -> dict:
             "n": len(values)}
 
 
-def versus_random(rows: dict[str, dict], variant: str) -> dict | None:
-    """Mean AP difference to the random baseline and its standard error over search seeds."""
-    if variant not in rows or "random" not in rows:
+def versus_random(rows: dict[str, dict], variant: str, baseline: str = "random") -> dict | None:
+    """Mean AP difference to the random (or another) baseline and its standard error over search seeds."""
+    if variant not in rows or baseline not in rows:
         return None
-    a, b = rows[variant]["AP"], rows["random"]["AP"]
+    a, b = rows[variant]["AP"], rows[baseline]["AP"]
     if len(a) < 2 or len(b) < 2:
         return None
     se = (statistics.variance(a) / len(a) + statistics.variance(b) / len(b)) ** 0.5
@@ -282,7 +295,7 @@ def main() -> None:
             for variant, f in found.items():
                 name = f"{method}-{variant}-seed{seed}"
                 r = run(name, [f"model.arch_file={f['arch_file']}"], args.retrain_steps,
-                        out / "retrain" / f"{name}-{args.retrain_steps}")
+                        out / "retrain" / f"{name}-{args.retrain_steps}", f.get("retrain_overrides", []))
                 row = rows.setdefault(variant, {"seeds": {}})
                 row["seeds"][str(seed)] = {"AP": r["AP"], "gmacs": gmacs_of(f["arch_file"]),
                                            "search_min": round(f["search_min"], 2), "cpu": cpu_flags(),
@@ -301,7 +314,9 @@ def main() -> None:
                     "random_ap": [rnd[k]["AP"] for k in sorted(rnd, key=int)],
                     "searched_gmacs": [searched[k]["gmacs"] for k in sorted(searched, key=int)],
                     "random_gmacs": [rnd[k]["gmacs"] for k in sorted(rnd, key=int)],
-                    "versus_random": versus_random(rows, variant)}
+                    "versus_random": versus_random(rows, variant),
+                    **({"uniform_ap": rows["uniform"]["AP"], "versus_uniform": versus_random(rows, variant, "uniform")}
+                       if "uniform" in rows else {})}
         save()
 
     print("\n| method | variant | seeds | AP mean +- std | GMACs | search min | AP - random (SE) |\n"
